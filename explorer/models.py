@@ -1,0 +1,120 @@
+"""Load a causal LM by zoo name, local folder or Hugging Face id.
+
+Every source goes through `from_pretrained`, so a zoo model is loaded exactly
+as a Hub model is. Weights come from safetensors only and remote code is off
+unless the caller turns it on.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from explorer import zoo
+
+
+class ModelNotFound(ValueError):
+    """A model name that is neither a zoo name, a local folder, nor a reachable Hub id."""
+
+
+@dataclass(frozen=True)
+class Facts:
+    name: str
+    source: str  # "zoo", "folder" or "hub"
+    params: int
+    layers: int
+    width: int
+    dtype: str
+    weight_bytes: int
+    context: int
+    vocab_size: int
+    revision: str  # sha256 prefix of the weights file, or the Hub commit
+
+
+@dataclass
+class Model:
+    """A transformers causal LM with its tokenizer and its facts."""
+
+    hf: Any  # transformers PreTrainedModel, in eval mode
+    tokenizer: Any
+    facts: Facts
+    tags: dict[str, Any] = field(default_factory=dict)  # knobs applied, e.g. by Quantize
+
+    @property
+    def name(self) -> str:
+        return self.facts.name
+
+    def __repr__(self) -> str:
+        f = self.facts
+        return f"Model({f.name!r}, {f.params:,} params, {f.layers} layers x {f.width}, {f.dtype}, from {f.source})"
+
+
+def resolve(name_or_path: str | os.PathLike) -> tuple[str, str]:
+    """(where to load from, which kind of source)."""
+    text = str(name_or_path)
+    if text in zoo.names():
+        return str(zoo.path(text)), "zoo"
+    if Path(text).expanduser().is_dir():
+        return str(Path(text).expanduser()), "folder"
+    if looks_like_path(text):
+        raise ModelNotFound(
+            f"model folder {text!r} does not exist; give a zoo name ({', '.join(zoo.names())}), "
+            "an existing folder, or a Hugging Face id such as 'HuggingFaceTB/SmolLM2-135M'"
+        )
+    return text, "hub"
+
+
+def looks_like_path(text: str) -> bool:
+    return text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep + os.sep in text
+
+
+def load(name_or_path: str | os.PathLike, *, dtype: str = "float32", trust_remote_code: bool = False) -> Model:
+    """Load a model: `load("zoo-m")`, `load("./my-model")` or `load("HuggingFaceTB/SmolLM2-135M")`."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
+        raise ModelNotFound(f"model name {name_or_path!r}; give a zoo name ({', '.join(zoo.names())}), "
+                            "a folder or a Hugging Face id")
+    where, source = resolve(name_or_path)
+    torch_dtype = getattr(torch, dtype, None)
+    if not isinstance(torch_dtype, torch.dtype):
+        raise ValueError(f"dtype={dtype!r}; valid: 'float32', 'bfloat16', 'float16'")
+    kwargs = dict(trust_remote_code=trust_remote_code)
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, use_safetensors=True, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
+    except OSError as err:
+        if source != "hub":
+            raise ModelNotFound(f"could not load model from {where!r}: {err}") from None
+        raise ModelNotFound(
+            f"could not load {where!r} from the Hugging Face Hub (offline, or not a model id there). "
+            f"Ways out: use a zoo model ({', '.join(zoo.names())}); pass a local folder holding "
+            "config.json, model.safetensors and tokenizer files; or pre-fill the Hugging Face "
+            "cache on a machine with a network (HF_HOME) and set HF_HUB_OFFLINE=1 here."
+        ) from None
+    hf.eval()
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return Model(hf, tokenizer, facts_of(hf, str(name_or_path), source, revision_of(where, hf)))
+
+
+def revision_of(where: str, hf) -> str:
+    """Fingerprint of the weights, so a retrained model never hits an old cached row."""
+    import hashlib
+
+    file = Path(where) / "model.safetensors"
+    if file.exists():
+        return hashlib.sha256(file.read_bytes()).hexdigest()[:16]
+    return str(getattr(hf.config, "_commit_hash", None) or "unknown")
+
+
+def facts_of(hf, name: str, source: str, revision: str = "unknown") -> Facts:
+    c = hf.config
+    params = sum(p.numel() for p in hf.parameters())
+    nbytes = sum(p.numel() * p.element_size() for p in hf.parameters())
+    dtype = str(next(hf.parameters()).dtype).removeprefix("torch.")
+    return Facts(name, source, params, c.num_hidden_layers, c.hidden_size, dtype, nbytes,
+                 getattr(c, "max_position_embeddings", 2048), c.vocab_size, revision)

@@ -1,0 +1,141 @@
+"""run(model, task, technique) -> one result row (a flat dict; the store makes it a table)."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import math
+import platform
+from typing import Any
+
+from explorer import tasks as T
+from explorer.cost import flops_per_token, timed
+from explorer.models import Model, load
+from explorer.stats import bootstrap_mean, wilson
+from explorer.techniques import Baseline, Technique
+
+SCHEMA_VERSION = 1
+
+
+def versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    from explorer import __version__
+
+    return {"explorer_version": __version__, "torch_version": torch.__version__,
+            "transformers_version": transformers.__version__, "python_version": platform.python_version()}
+
+
+def config_hash(model: Model, task: str, technique: Technique, n: int, seed: int) -> str:
+    key = {"model": model.name, "weights": model.facts.revision, "task": task,
+           "technique": technique.name, "knobs": technique.knobs(), "n": n, "seed": seed,
+           "schema": SCHEMA_VERSION}
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run(model: Model | str, task: T.Task | str, technique: Technique | None = None, *,
+        n: int = 200, seed: int = 0, repeats: int = 3, batch_size: int = 64) -> dict[str, Any]:
+    """Evaluate `model` on `n` seeded examples of `task` under `technique`; return one row."""
+    import torch
+
+    n = T.check_n(n)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size={batch_size!r}; must be a positive integer")
+    technique = technique if technique is not None else Baseline()
+    if not isinstance(technique, Technique):
+        raise TypeError(f"technique={technique!r}; expected a technique such as explorer.Baseline()")
+    task = T.get(task) if isinstance(task, str) else task
+    model = load(model) if isinstance(model, str) else model
+    variant = technique.prepare(model)
+    row: dict[str, Any] = {
+        "model": model.name, "model_params": model.facts.params, "model_layers": model.facts.layers,
+        "model_width": model.facts.width, "task": task.name, "technique": technique.name,
+        **{f"knob_{k}": v for k, v in technique.knobs().items()},
+        "n_examples": n, "seed": seed,
+    }
+    with torch.inference_mode():
+        if task.kind == "likelihood":
+            row |= likelihood(variant, task.text(), n, repeats)
+        else:
+            examples = task.examples(n, seed)
+            row |= technique.evaluate(variant, task, examples, seed=seed, repeats=repeats,
+                                      batch_size=batch_size)
+    row["weight_bytes"] = variant.facts.weight_bytes
+    row["device"] = f"cpu:{torch.get_num_threads()}threads"
+    row |= versions()
+    row["created_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    row["config_hash"] = config_hash(model, task.name, technique, n, seed)
+    return row
+
+
+def evaluate(technique: Technique, model: Model, task: T.Task, examples: list[T.Example], *,
+             seed: int, repeats: int, batch_size: int) -> dict[str, Any]:
+    """The one evaluation loop: decode in batches, verify, count, time."""
+    n = len(examples)
+    chunks = [examples[i : i + batch_size] for i in range(0, n, batch_size)]
+
+    def decode_all():
+        return [technique.generate(model, [e.prompt for e in c], max_new_tokens=task.max_new_tokens,
+                                   seed=seed) for c in chunks]
+
+    gens, wall, _ = timed(decode_all, repeats)
+    texts = [t for g in gens for t in g.texts]
+    correct = [task.verify(e, t) for e, t in zip(examples, texts)]
+    k = sum(correct)
+    prompt_len = sum(len(model.tokenizer(e.prompt)["input_ids"]) for e in examples) / n
+    tokens = sum(g.tokens_generated for g in gens)
+    row = accuracy_columns(examples, correct)
+    row |= {
+        "flops_per_token_analytic": flops_per_token(model.hf.config, prompt_len + tokens / n / 2),
+        "tokens_generated": tokens,
+        "wall_s": wall,
+        "wall_s_per_token": wall / max(tokens, 1),
+    }
+    row |= technique.columns(model, gens)
+    return row
+
+
+def accuracy_columns(examples: list[T.Example], correct: list[bool], prefix: str = "accuracy") -> dict[str, Any]:
+    """Accuracy with its Wilson 95% interval, overall and per difficulty."""
+    k, n = sum(correct), len(correct)
+    lo, hi = wilson(k, n)
+    row = {prefix: k / n, f"{prefix}_lo": lo, f"{prefix}_hi": hi, "interval": "wilson95", "correct": k}
+    for d in sorted({e.difficulty for e in examples}):
+        flags = [c for e, c in zip(examples, correct) if e.difficulty == d]
+        row[f"{prefix}_d{d}"] = sum(flags) / len(flags)
+    return row
+
+
+def likelihood(model: Model, text: str, n: int, repeats: int) -> dict[str, Any]:
+    """Bits per character of the first `n` characters of `text`.
+
+    The text is cut into windows that fit the model's context; each window starts
+    afresh after a beginning-of-sequence token, and every one of its tokens is
+    scored. Bits per character (not per token) compares models with any tokenizer.
+    """
+    import torch
+
+    text = text[:n]
+    tok = model.tokenizer
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+    window = min(model.facts.context, 256) - 1
+    chunks = [ids[i : i + window] for i in range(0, len(ids), window)]
+
+    def score():
+        bits, per_chunk = [], []
+        for chunk in chunks:
+            x = torch.tensor([[bos] + chunk])
+            logits = model.hf(input_ids=x).logits[0, :-1].float()
+            b = torch.nn.functional.cross_entropy(logits, x[0, 1:], reduction="sum").item() / math.log(2)
+            bits.append(b)
+            per_chunk.append(b / max(len(tok.decode(chunk)), 1))
+        return bits, per_chunk
+
+    (bits, per_chunk), wall, _ = timed(score, repeats)
+    lo, hi = bootstrap_mean(per_chunk)
+    return {"bits_per_char": sum(bits) / len(text), "bits_per_char_lo": lo, "bits_per_char_hi": hi,
+            "interval": "bootstrap95", "tokens_scored": len(ids),
+            "flops_per_token_analytic": flops_per_token(model.hf.config, window / 2),
+            "tokens_generated": 0, "wall_s": wall}

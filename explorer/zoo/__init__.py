@@ -1,0 +1,67 @@
+"""The embedded model family: small Llama models trained by `explorer zoo train`.
+
+Shipped in Hugging Face format (config.json, model.safetensors, tokenizer files,
+README.md model card) under `explorer/zoo/weights/<name>/`, and loaded through
+`from_pretrained` exactly as a Hub model is.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Spec:
+    """One member of the family and its training budget."""
+
+    name: str
+    layers: int
+    width: int
+    heads: int
+    steps: int
+    batch: int = 32
+    lr: float = 2e-3
+    warmup: int = 200
+    seed: int = 0
+
+    @property
+    def intermediate(self) -> int:
+        # Llama's SwiGLU ratio (8/3 of the width), rounded up to a multiple of 16.
+        return -(-8 * self.width // 3 // 16) * 16
+
+
+# Smallest first. Depth sets per-token decode time at these sizes (fixed cost per
+# layer, shared/ZOO-NOTES.md), so the family spreads in depth as well as width.
+FAMILY: tuple[Spec, ...] = (
+    Spec("zoo-xs", layers=1, width=64, heads=2, steps=900, warmup=100),
+    Spec("zoo-s", layers=2, width=96, heads=3, steps=2500),
+    Spec("zoo-m", layers=4, width=160, heads=5, steps=4000),
+    Spec("zoo-l", layers=8, width=192, heads=6, steps=5000),
+)
+
+
+def names() -> list[str]:
+    """The family's names, smallest first."""
+    return [s.name for s in FAMILY]
+
+
+def spec(name: str) -> Spec:
+    for s in FAMILY:
+        if s.name == name:
+            return s
+    raise KeyError(f"unknown zoo model {name!r}; known: {', '.join(names())}")
+
+
+def weights_root() -> Path:
+    return Path(str(resources.files("explorer.zoo"))) / "weights"
+
+
+def path(name: str) -> Path:
+    """The folder holding a shipped model; raises if it was never trained."""
+    folder = weights_root() / spec(name).name
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(
+            f"zoo model {name!r} has no weights at {folder}; run `explorer zoo train` to create them"
+        )
+    return folder

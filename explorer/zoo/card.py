@@ -1,0 +1,101 @@
+"""Model cards for the zoo: facts, training budget, held-out accuracy per task and difficulty."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from explorer import zoo
+
+EVAL_SEED = 20261126  # held-out problems for the card, never a training seed
+EVAL_PER_LEVEL = 50
+
+
+def measure(folder: Path) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from explorer import tasks as T
+    from explorer.generate import generate
+    from explorer.models import facts_of
+    from explorer.runs import likelihood
+    from explorer.models import load
+    from explorer.zoo.recipe import evaluate, summary
+
+    torch.set_num_threads(1)
+    model = load(str(folder))
+    acc = evaluate(model.hf, n_per_level=EVAL_PER_LEVEL, seed=EVAL_SEED)
+    bpc = likelihood(model, T.get("shakespeare").text(), 10**6, repeats=1)["bits_per_char"]
+    prompt = T.get("addition").examples(1, seed=0)[0].prompt
+    times = []
+    for _ in range(5):
+        import time
+
+        t = time.perf_counter()
+        g = generate(model.hf, model.tokenizer, [prompt] * 1, max_new_tokens=7)
+        times.append((time.perf_counter() - t) / g.tokens_generated)
+    return {"accuracy": acc, "summary": summary(acc), "bits_per_char": round(bpc, 4),
+            "decode_ms_per_token": round(1000 * sorted(times)[2], 3), "params": model.facts.params,
+            "layers": model.facts.layers, "width": model.facts.width, "weight_bytes": model.facts.weight_bytes}
+
+
+def write(folder: Path) -> dict:
+    folder = Path(folder)
+    training = json.loads((folder / "training.json").read_text())
+    m = measure(folder)
+    spec = zoo.spec(training["name"])
+    (folder / "eval.json").write_text(json.dumps(m, indent=1))
+    rows = "\n".join(
+        f"| {task} | " + " | ".join(f"{a:.2f}" for a in levels.values()) + f" | {m['summary'][task]:.3f} |"
+        for task, levels in m["accuracy"].items()
+    )
+    text = f"""---
+license: cc-by-2.5
+library_name: transformers
+pipeline_tag: text-generation
+---
+# {spec.name}
+
+A small Llama-architecture causal LM of the Trade-off Explorer's embedded family,
+trained from scratch on this project's arithmetic and sorting tasks and on
+Shakespeare's plays (text: Open Knowledge Foundation, shakespeare 0.6; The Tempest held out).
+Character-level tokenizer shared by the whole family. Re-create with
+`explorer zoo train {spec.name}`.
+
+| fact | value |
+| --- | --- |
+| parameters | {m['params']:,} |
+| layers x width | {m['layers']} x {m['width']} ({spec.heads} heads, MLP {spec.intermediate}) |
+| weights (fp32) | {m['weight_bytes']:,} bytes |
+| training steps x batch | {training['steps']:,} x {spec.batch} |
+| training tokens (scored) | {training['train_tokens']:,} |
+| training time | {training['train_seconds'] / 60:.1f} min on {training['threads']} CPU thread |
+| loss | next-token CE at the last layer + {0.5} x mean CE of earlier layers (LayerSkip-style) |
+| decode, batch 1 | {m['decode_ms_per_token']} ms/token (median of 5, 1 thread, measured at card time) |
+| held-out bits per char (The Tempest) | {m['bits_per_char']} |
+
+Greedy exact-match accuracy on {EVAL_PER_LEVEL} fresh problems per cell (seed {EVAL_SEED}):
+
+| task | d=1 | d=2 | d=3 | d=4 | d=5 | mean |
+| --- | --- | --- | --- | --- | --- | --- |
+{rows}
+
+Mixed (mean over tasks): **{m['summary']['mixed']:.3f}**
+"""
+    (folder / "README.md").write_text(text)
+    return m
+
+
+def family_facts() -> list[dict]:
+    out = []
+    for name in zoo.names():
+        folder = zoo.weights_root() / name
+        spec = zoo.spec(name)
+        e = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").exists() else {}
+        t = json.loads((folder / "training.json").read_text()) if (folder / "training.json").exists() else {}
+        out.append({"name": name, "layers": spec.layers, "width": spec.width, "params": e.get("params"),
+                    "weight_bytes": e.get("weight_bytes"), "train_steps": t.get("steps"),
+                    "train_min": round(t["train_seconds"] / 60, 1) if t else None,
+                    "mixed_accuracy": e.get("summary", {}).get("mixed"),
+                    "bits_per_char": e.get("bits_per_char"),
+                    "decode_ms_per_token": e.get("decode_ms_per_token")})
+    return out

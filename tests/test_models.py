@@ -1,0 +1,78 @@
+import shutil
+
+import pytest
+import torch
+
+import explorer as ex
+from explorer import tokenizer as tok
+from explorer.zoo import recipe
+
+
+@pytest.mark.parametrize("name", ex.zoo.names())
+def test_zoo_names_load_through_from_pretrained(name, zoo_models):
+    m = zoo_models[name]
+    spec = ex.zoo.spec(name)
+    assert type(m.hf).__name__ == "LlamaForCausalLM"
+    assert (m.facts.layers, m.facts.width, m.facts.source) == (spec.layers, spec.width, "zoo")
+    assert m.facts.params == sum(p.numel() for p in m.hf.parameters())
+    assert m.facts.weight_bytes == 4 * m.facts.params  # fp32
+    assert not m.hf.training
+
+
+def test_the_family_shares_one_tokenizer_and_grows(zoo_models):
+    vocabs = {tuple(sorted(m.tokenizer.get_vocab().items())) for m in zoo_models.values()}
+    assert len(vocabs) == 1
+    params = [zoo_models[n].facts.params for n in ex.zoo.names()]
+    assert params == sorted(params) and len(set(params)) == len(params)
+
+
+def test_a_copied_zoo_folder_loads_the_same_weights(tmp_path, tiny_model):
+    folder = shutil.copytree(ex.zoo.path("zoo-xs"), tmp_path / "copy")
+    m = ex.load(folder)
+    assert m.facts.source == "folder"
+    ids = torch.tensor([[1, 5, 6, 7]])
+    assert torch.equal(m.hf(ids).logits, tiny_model.hf(ids).logits)
+
+
+def test_a_local_folder_saved_from_a_fresh_config_loads(tmp_path):
+    model = recipe.build_model(ex.zoo.Spec("t", layers=1, width=32, heads=2, steps=1))
+    model.save_pretrained(tmp_path / "fresh")
+    tok.build().save_pretrained(tmp_path / "fresh")
+    m = ex.load(str(tmp_path / "fresh"))
+    assert (m.facts.layers, m.facts.width, m.facts.source) == (1, 32, "folder")
+    assert (tmp_path / "fresh" / "model.safetensors").exists()
+
+
+def test_an_unknown_name_offline_gets_one_clear_error():
+    with pytest.raises(ex.ModelNotFound) as err:
+        ex.load("nobody/no-such-model-xyz")
+    msg = str(err.value)
+    assert "'nobody/no-such-model-xyz'" in msg
+    for way_out in ("zoo-xs", "local folder", "HF_HUB_OFFLINE"):
+        assert way_out in msg
+
+
+def test_a_missing_folder_is_named(tmp_path):
+    with pytest.raises(ex.ModelNotFound, match="does not exist"):
+        ex.load(str(tmp_path / "nothing-here"))
+
+
+@pytest.mark.parametrize("bad", ["", None, 3])
+def test_nonsense_model_names_are_refused(bad):
+    with pytest.raises(ex.ModelNotFound, match="model name"):
+        ex.load(bad)
+
+
+def test_bad_dtype_names_the_valid_ones():
+    with pytest.raises(ValueError, match="dtype='float8'"):
+        ex.load("zoo-xs", dtype="float8")
+
+
+def test_bfloat16_load_halves_the_bytes(tiny_model):
+    m = ex.load("zoo-xs", dtype="bfloat16")
+    assert m.facts.dtype == "bfloat16" and m.facts.weight_bytes * 2 == tiny_model.facts.weight_bytes
+
+
+def test_unknown_zoo_spec_lists_the_family():
+    with pytest.raises(KeyError, match="known: zoo-xs, zoo-s, zoo-m, zoo-l"):
+        ex.zoo.spec("zoo-xl")

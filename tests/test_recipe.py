@@ -1,0 +1,46 @@
+import pytest
+
+import explorer as ex
+from explorer.zoo import recipe, train_family
+
+
+def test_batches_depend_only_on_seed_and_step():
+    spec = ex.zoo.Spec("t", layers=1, width=32, heads=2, steps=10)
+    text = "abcdefghij" * 50
+    a, b = recipe.batch(5, spec, text), recipe.batch(5, spec, text)
+    assert a[0].equal(b[0]) and a[1].equal(b[1])
+    assert not recipe.batch(6, spec, text)[0].equal(a[0])
+    text_step = recipe.TEXT_EVERY - 1
+    ids, labels = recipe.batch(text_step, spec, text)
+    assert ids.shape[1] == recipe.TEXT_LEN + 1 and (labels != -100).sum() == spec.batch * recipe.TEXT_LEN
+
+
+def test_layer_losses_cover_every_layer():
+    spec = ex.zoo.Spec("t", layers=3, width=32, heads=2, steps=10)
+    m = recipe.build_model(spec)
+    ids, labels = recipe.batch(0, spec, "x" * 200)
+    assert len(recipe.layer_losses(m, ids, labels)) == 3
+
+
+def test_schedule_warms_up_then_decays_to_a_tenth():
+    spec = ex.zoo.Spec("t", layers=1, width=32, heads=2, steps=1000, warmup=100, lr=1e-3)
+    assert recipe.lr_at(0, spec) == pytest.approx(1e-5)
+    assert recipe.lr_at(99, spec) == pytest.approx(1e-3)
+    assert recipe.lr_at(999, spec) == pytest.approx(1e-4, rel=1e-2)
+
+
+def test_the_plan_puts_the_largest_model_alone():
+    groups = train_family.plan(ex.zoo.names(), jobs=2)
+    assert groups[0] == ["zoo-l"] and sorted(groups[1]) == ["zoo-m", "zoo-s", "zoo-xs"]
+
+
+@pytest.mark.slow
+def test_training_smoke_loss_falls_and_resumes(tmp_path):
+    spec = ex.zoo.Spec("smoke", layers=2, width=48, heads=2, steps=80, warmup=10, lr=3e-3)
+    facts = recipe.train(spec, tmp_path / "out", work_dir=tmp_path / "work", steps=40, log=lambda *_: None)
+    first = facts["loss_history"][0][1]
+    facts = recipe.train(spec, tmp_path / "out", work_dir=tmp_path / "work", steps=80, log=lambda *_: None)
+    assert facts["steps"] == 80 and facts["loss_history"][0][1] == first  # history kept across the resume
+    assert facts["loss_history"][-1][1] < 0.6 * first
+    m = ex.load(str(tmp_path / "out"))
+    assert m.facts.layers == 2
