@@ -27,8 +27,10 @@ def versions() -> dict[str, str]:
             "transformers_version": transformers.__version__, "python_version": platform.python_version()}
 
 
-def config_hash(model: Model, task: str, technique: Technique, n: int, seed: int) -> str:
-    key = {"model": model.name, "weights": model.facts.revision, "task": task,
+def config_hash(model: Model | tuple[str, str], task: str, technique: Technique, n: int, seed: int) -> str:
+    """The row's key. `model` may be a (name, revision) pair, so a sweep can key a run before loading it."""
+    name, revision = (model.name, model.facts.revision) if isinstance(model, Model) else model
+    key = {"model": name, "weights": revision, "task": task,
            "technique": technique.name, "knobs": technique.knobs(), "n": n, "seed": seed,
            "schema": SCHEMA_VERSION}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
