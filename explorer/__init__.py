@@ -6,6 +6,10 @@ __version__ = "0.1.0"
 from explorer import tasks, zoo
 from explorer.models import Model, ModelNotFound, load
 from explorer.runs import run
+from explorer.compose import compose
+from explorer.frontier import best_under_budget, frontier
+from explorer.store import Store
+from explorer.sweep import grid, sweep
 from explorer.techniques import Baseline, Technique
 
-__all__ = ["Baseline", "Model", "ModelNotFound", "Technique", "load", "run", "tasks", "zoo"]
+__all__ = ["Store", "best_under_budget", "compose", "frontier", "grid", "sweep", "Baseline", "Model", "ModelNotFound", "Technique", "load", "run", "tasks", "zoo"]

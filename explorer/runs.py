@@ -45,6 +45,10 @@ def run(model: Model | str, task: T.Task | str, technique: Technique | None = No
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r}; must be a positive integer")
     technique = technique if technique is not None else Baseline()
+    if isinstance(technique, (list, tuple)):  # several techniques as one configuration
+        from explorer.compose import compose
+
+        technique = compose(*technique)
     if not isinstance(technique, Technique):
         raise TypeError(f"technique={technique!r}; expected a technique such as explorer.Baseline()")
     task = T.get(task) if isinstance(task, str) else task

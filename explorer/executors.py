@@ -1,0 +1,138 @@
+"""Sweep executors: where the runs of a sweep happen.
+
+Every executor meets one protocol, `map(jobs) -> iterator of rows`, yielding
+each row as soon as it is finished so the sweep can store it at once (a kill
+then loses at most the runs in flight). `local` runs in this process; `ray`
+runs on a Ray cluster (a local one it starts, or an existing one at `address=`).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Protocol, Sequence
+
+from explorer.registry import Registry
+from explorer.techniques import Technique
+
+
+@dataclass(frozen=True)
+class Job:
+    """One configuration to run, keyed before it runs."""
+
+    model: str
+    task: str
+    technique: Technique
+    n: int
+    seed: int
+    config_hash: str
+    repeats: int = 1
+    batch_size: int = 64
+
+
+class Executor(Protocol):
+    def map(self, jobs: Sequence[Job]) -> Iterator[dict[str, Any]]: ...
+
+
+executors: Registry[type] = Registry("executor")
+
+
+def run_job(job: Job, models: dict) -> dict[str, Any]:
+    """Run one job, loading its model once per process (`models` is the cache)."""
+    from explorer.models import load
+    from explorer.runs import run
+
+    if job.model not in models:
+        models[job.model] = load(job.model)
+    row = run(models[job.model], job.task, job.technique, n=job.n, seed=job.seed, repeats=job.repeats,
+              batch_size=job.batch_size)
+    if row["config_hash"] != job.config_hash:
+        # The sweep keyed this job before loading the model; a different key here means the
+        # weights changed underneath it, and a resume would otherwise re-run it forever.
+        raise RuntimeError(f"sweep: {job.model} {job.task} {job.technique!r} was planned as "
+                           f"{job.config_hash} but ran as {row['config_hash']}; did the weights change?")
+    return row
+
+
+@executors.register("local")
+class Local:
+    """In this process, one run at a time (torch uses every core for each run)."""
+
+    def __init__(self, address: str | None = None, workers: int | None = None):
+        if address is not None:
+            raise ValueError(f"address={address!r} is for executor='ray'; the local executor runs in this process")
+        if workers not in (None, 1):
+            raise ValueError(f"workers={workers!r}; the local executor runs one job at a time (use executor='ray')")
+        self.models: dict = {}
+
+    def map(self, jobs: Sequence[Job]) -> Iterator[dict[str, Any]]:
+        for job in jobs:
+            yield run_job(job, self.models)
+
+
+@executors.register("ray")
+class Ray:
+    """On a Ray cluster: `workers` actors with one CPU each, each keeping its models loaded.
+
+    With `address=None` a local cluster (head plus worker processes on loopback)
+    is started and shut down afterwards; with an address (``"127.0.0.1:6379"``,
+    ``"ray://host:10001"`` or ``"auto"``) an existing cluster is joined, and left running.
+    Rows come back to this process, which stores them, so workers need no shared disk.
+    """
+
+    def __init__(self, address: str | None = None, workers: int | None = None):
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+            raise ValueError(f"workers={workers!r}; give a positive number of Ray workers, or None for one per CPU")
+        self.address, self.workers = address, workers
+
+    def map(self, jobs: Sequence[Job]) -> Iterator[dict[str, Any]]:
+        import ray
+        from ray.util import ActorPool
+
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=self.address, num_cpus=(self.workers or os.cpu_count()) if self.address is None else None,
+                     include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": worker_env()})
+        actors = []
+        try:
+            workers = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+            actor = ray.remote(num_cpus=1)(Worker)
+            actors = [actor.remote() for _ in range(min(workers, max(len(jobs), 1)))]
+            pool = ActorPool(actors)
+            yield from pool.map_unordered(lambda a, job: a.run.remote(job), list(jobs))
+        finally:
+            for a in actors:
+                ray.kill(a)
+            if started:
+                ray.shutdown()
+
+
+class Worker:
+    """A Ray actor: one process, one thread for torch, a cache of loaded models."""
+
+    def __init__(self):
+        import torch
+
+        # Ray gives each actor one CPU; more torch threads would fight the other actors for cores.
+        torch.set_num_threads(1)
+        self.models: dict = {}
+
+    def run(self, job: Job) -> dict[str, Any]:
+        return run_job(job, self.models)
+
+
+def worker_env() -> dict[str, str]:
+    """What a worker process needs to import this engine and stay offline like the driver."""
+    package_root = str(Path(__file__).resolve().parent.parent)
+    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    env = {"PYTHONPATH": path}
+    for name in ("HF_HUB_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM", "EXPLORER_STORE"):
+        if name in os.environ:
+            env[name] = os.environ[name]
+    return env
+
+
+def get(name: str | type, *, address: str | None = None, workers: int | None = None) -> Executor:
+    if not isinstance(name, str) or name not in executors:
+        raise ValueError(f"executor={name!r}; valid: {', '.join(map(repr, executors.names()))}")
+    return executors.get(name)(address=address, workers=workers)

@@ -1,0 +1,155 @@
+"""Pareto frontiers and the budget question, over any pair of columns of a results frame.
+
+Lower cost is better; higher quality is better (pass `maximize=False` for a
+quality such as bits per char, where lower is better). A point is on the
+frontier when no other point is at least as good on both axes and strictly
+better on one; exact ties all stay on.
+
+Intervals travel with every point: `<quality>_lo` / `<quality>_hi` (the Wilson
+or bootstrap bounds `explorer.run` writes). A dominated point whose interval
+overlaps that of a frontier point at no greater cost is marked not
+distinguishable: the evaluation cannot tell it from the frontier (Madaan et al.
+2024, "Quantifying Variance in Evaluation Benchmarks").
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Any, Sequence
+
+import numpy as np
+import polars as pl
+
+FRONTIER, INDISTINGUISHABLE, DOMINATED = "frontier", "not distinguishable", "dominated"
+KEEP = ("frontier", "all")
+
+
+def frontier(df: pl.DataFrame, *, cost: str = "flops_per_token_analytic", quality: str = "accuracy",
+             by: str | Sequence[str] | None = None, maximize: bool = True, keep: str = "frontier",
+             lo: str | None = None, hi: str | None = None) -> pl.DataFrame:
+    """The Pareto frontier of `df` (per group of `by` columns when given), sorted by cost.
+
+    Every returned row carries `on_frontier`, `distinguishable` (False for a
+    dominated point whose interval overlaps the frontier's), `frontier_status`
+    ("frontier", "not distinguishable" or "dominated") and `<quality>_lo/_hi`
+    (taken from `lo=`/`hi=` columns, else `<quality>_lo/_hi`, else the point
+    itself). `keep="frontier"` returns the frontier rows only; `keep="all"` every
+    row that has both values, which is what a chart draws. Rows missing the cost
+    or the quality are left out.
+    """
+    if keep not in KEEP:
+        raise ValueError(f"keep={keep!r}; valid: {', '.join(map(repr, KEEP))}")
+    by = [by] if isinstance(by, str) else list(by or [])
+    lo, hi = lo or f"{quality}_lo", hi or f"{quality}_hi"
+    check_columns(df, [cost, quality, *by], "frontier")
+    df = usable(df, cost, quality)
+    df = df.with_columns(
+        (pl.col(lo).cast(pl.Float64) if lo in df.columns else pl.col(quality).cast(pl.Float64)).alias(lo),
+        (pl.col(hi).cast(pl.Float64) if hi in df.columns else pl.col(quality).cast(pl.Float64)).alias(hi),
+    )
+    groups = df.partition_by(by, maintain_order=True) if by and df.height else [df]
+    out = pl.concat([mark(g, cost, quality, lo, hi, maximize) for g in groups], how="vertical_relaxed")
+    out = out.sort([*by, cost, quality], descending=[False] * len(by) + [False, maximize], maintain_order=True)
+    return out.filter(pl.col("on_frontier")) if keep == "frontier" else out
+
+
+def mark(g: pl.DataFrame, cost: str, quality: str, lo: str, hi: str, maximize: bool) -> pl.DataFrame:
+    """Add the frontier columns to one group."""
+    c = g[cost].cast(pl.Float64).to_numpy()
+    sign = 1.0 if maximize else -1.0
+    q = sign * g[quality].cast(pl.Float64).to_numpy()
+    # In "higher is better" terms: the worst and best plausible quality of each point.
+    bound_lo = (g[lo] if maximize else -g[hi]).fill_null(np.nan).to_numpy()
+    bound_hi = (g[hi] if maximize else -g[lo]).fill_null(np.nan).to_numpy()
+    bound_lo = np.where(np.isnan(bound_lo), q, bound_lo)
+    bound_hi = np.where(np.isnan(bound_hi), q, bound_hi)
+
+    order = np.lexsort((-q, c))  # by cost, best quality first within a cost
+    breaks = np.flatnonzero(np.diff(c[order])) + 1
+    levels = np.split(order, breaks) if len(order) else []  # points of equal cost, cheapest level first
+    on = np.zeros(len(c), dtype=bool)
+    best_cheaper = -math.inf  # best quality among strictly cheaper points
+    for level in levels:
+        top = q[level[0]]
+        if top > best_cheaper:
+            on[level[q[level] == top]] = True
+        best_cheaper = max(best_cheaper, top)
+
+    # A dominated point is clearly worse only if some frontier point at no greater
+    # cost has its worst plausible quality above this point's best plausible quality.
+    distinguishable = on.copy()
+    frontier_floor = -math.inf
+    for level in levels:
+        frontier_floor = max([frontier_floor, *bound_lo[level[on[level]]]])
+        off = level[~on[level]]
+        distinguishable[off] = frontier_floor > bound_hi[off]
+
+    status = [FRONTIER if o else DOMINATED if d else INDISTINGUISHABLE for o, d in zip(on, distinguishable)]
+    return g.with_columns(pl.Series("on_frontier", on), pl.Series("distinguishable", distinguishable),
+                          pl.Series("frontier_status", status, dtype=pl.String))
+
+
+def best_under_budget(df: pl.DataFrame, *, budget: float, cost: str = "flops_per_token_analytic",
+                      quality: str = "accuracy", maximize: bool = True) -> dict[str, Any] | None:
+    """The best row whose cost is at most `budget` (ties: the cheaper), or None when nothing fits.
+
+    A budget at exactly a row's cost fits. NaN, negative or non-numeric budgets
+    raise ValueError. When nothing fits, a warning says what the cheapest row costs.
+    """
+    if isinstance(budget, bool) or not isinstance(budget, (int, float, np.integer, np.floating)):
+        raise ValueError(f"budget={budget!r}; give a number >= 0 in units of {cost!r}")
+    if math.isnan(budget) or budget < 0:
+        raise ValueError(f"budget={budget!r}; a budget is a number >= 0 in units of {cost!r} (not NaN)")
+    check_columns(df, [cost, quality], "best_under_budget")
+    rows = usable(df, cost, quality)
+    fits = rows.filter(pl.col(cost).cast(pl.Float64) <= budget)
+    if fits.height == 0:
+        cheapest = rows[cost].min() if rows.height else None
+        why = f"the cheapest of {rows.height} rows costs {cheapest:.4g}" if rows.height else "there are no rows"
+        warnings.warn(f"best_under_budget: nothing fits budget={budget:.4g} {cost}; {why}", stacklevel=2)
+        return None
+    best = fits.sort([quality, cost], descending=[maximize, False], maintain_order=True)
+    return best.row(0, named=True)
+
+
+def usable(df: pl.DataFrame, cost: str, quality: str) -> pl.DataFrame:
+    """Rows with a finite cost and quality (a failed or foreign row has nulls there)."""
+    finite = [pl.col(c).cast(pl.Float64).is_not_null() & pl.col(c).cast(pl.Float64).is_finite() for c in (cost, quality)]
+    return df.filter(finite[0] & finite[1])
+
+
+def check_columns(df: pl.DataFrame, columns: list[str], who: str) -> None:
+    if not isinstance(df, pl.DataFrame):
+        raise ValueError(f"{who}: df={type(df).__name__}; give a polars DataFrame such as Store.frame() returns")
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{who}: no column {', '.join(map(repr, missing))}; columns: {', '.join(df.columns)}")
+    for c in columns[:2]:
+        if not df.schema[c].is_numeric():
+            raise ValueError(f"{who}: column {c!r} is {df.schema[c]}, not numeric")
+
+
+
+def chart(df: pl.DataFrame, *, cost: str = "flops_per_token_analytic", quality: str = "accuracy",
+          by: str | None = None, maximize: bool = True, color: str = "technique"):
+    """An altair chart: every point with its interval, the frontier as a step line, one panel per `by`.
+
+    altair is imported here, not at module import: the engine must run without it.
+    """
+    import altair as alt
+
+    points = frontier(df, cost=cost, quality=quality, by=by, maximize=maximize, keep="all")
+    lo, hi = f"{quality}_lo", f"{quality}_hi"
+    wanted = ["model", "task", "technique", color, by, cost, quality, lo, hi, "frontier_status", "on_frontier"]
+    data = points.select([c for c in dict.fromkeys(wanted) if c and c in points.columns])
+    color_enc = alt.Color(f"{color}:N") if color in data.columns else alt.value("steelblue")
+    x = alt.X(f"{cost}:Q", scale=alt.Scale(type="log"), title=cost)
+    bars = alt.Chart().mark_rule(opacity=0.4).encode(x=x, y=alt.Y(f"{lo}:Q", title=quality), y2=f"{hi}:Q",
+                                                     color=color_enc)
+    dots = alt.Chart().mark_point(filled=True, size=60).encode(
+        x=x, y=f"{quality}:Q", color=color_enc, tooltip=data.columns,
+        shape=alt.Shape("frontier_status:N", scale=alt.Scale(domain=[FRONTIER, INDISTINGUISHABLE, DOMINATED])))
+    line = alt.Chart().mark_line(color="black", interpolate="step-after").encode(x=x, y=f"{quality}:Q") \
+        .transform_filter("datum.on_frontier")
+    layered = alt.layer(bars, dots, line, data=data).properties(width=420, height=300)
+    return layered.facet(column=f"{by}:N") if by else layered.properties(title=f"{quality} vs {cost}")

@@ -1,0 +1,260 @@
+"""Sweeps: grids of runs that fill the results store, resumable, local or on Ray.
+
+`sweep` keys every configuration before running anything (model name and
+weights fingerprint, task, technique knobs, n, seed), asks the store which keys
+it already has, and runs only the rest. Each finished row is stored at once by
+an atomic rename, so a sweep killed at any point (even SIGKILL) and started
+again computes exactly the rows that are missing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import sys
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import polars as pl
+
+from explorer import tasks as T
+from explorer.executors import Job
+from explorer.executors import get as get_executor
+from explorer.store import KEY, Store
+from explorer.techniques import Baseline, Technique, techniques as registry
+
+
+class Grid(list):
+    """The techniques of one `grid(...)` call; inside a `techniques=` list it is spliced in,
+    whereas a plain list or tuple there is one composed configuration."""
+
+
+def grid(technique: type[Technique], **knobs: Any) -> Grid:
+    """Every combination of the knob values given as lists: `grid(Quantize, bits=[4, 8], group_size=32)`.
+
+    A knob given as a single value is held fixed; each combination is built (and
+    so validated) by the technique's own constructor.
+    """
+    if not (isinstance(technique, type) and issubclass(technique, Technique)):
+        raise ValueError(f"grid: technique={technique!r}; give a technique class such as explorer.Baseline")
+    fields = [f.name for f in dataclasses.fields(technique)] if dataclasses.is_dataclass(technique) else []
+    unknown = sorted(set(knobs) - set(fields))
+    if unknown:
+        raise ValueError(f"grid: {technique.__name__} has no knob {', '.join(map(repr, unknown))}; "
+                         f"its knobs: {', '.join(fields) or 'none'}")
+    axes = {k: list(v) if isinstance(v, (list, tuple, range)) else [v] for k, v in knobs.items()}
+    for k, values in axes.items():
+        if not values:
+            raise ValueError(f"grid: {technique.__name__}.{k}=[] ; give at least one value")
+    return Grid(technique(**dict(zip(axes, combo))) for combo in itertools.product(*axes.values()))
+
+
+def flatten_techniques(techniques: Technique | Iterable | None) -> list[Technique]:
+    """Techniques for a sweep: a technique, grids (spliced) and lists (composed), in order, without repeats."""
+    from explorer.compose import compose
+
+    if techniques is None:
+        return [Baseline()]
+    items = [techniques] if isinstance(techniques, Technique) else list(techniques)
+    out: list[Technique] = []
+    for item in items:
+        if isinstance(item, Grid):
+            out.extend(item)
+        elif isinstance(item, (list, tuple)):
+            out.append(compose(*item))
+        elif isinstance(item, Technique):
+            out.append(item)
+        else:
+            raise ValueError(f"techniques: {item!r} is not a technique; give explorer.Baseline(), "
+                             "explorer.grid(...), or a list of techniques to compose")
+    if not out:
+        raise ValueError("techniques=[]; give at least one technique (explorer.Baseline() runs the model as is)")
+    return list(dict.fromkeys(out))
+
+
+_identities: dict[tuple, tuple[str, str]] = {}
+
+
+def model_identity(name: str) -> tuple[str, str]:
+    """(name, weights revision) exactly as `explorer.load(name).facts` would report, without loading weights."""
+    from explorer.models import ModelNotFound, resolve, revision_of
+
+    if not isinstance(name, str) or not name.strip():
+        raise ModelNotFound(f"model {name!r}; give a zoo name, a folder or a Hugging Face id")
+    where, source = resolve(name)
+    weights = Path(where) / "model.safetensors"
+    stamp = (where, weights.stat().st_mtime_ns, weights.stat().st_size) if weights.exists() else (where,)
+    if stamp not in _identities:
+        if weights.exists():
+            revision = revision_of(where, None)
+        else:  # a Hub id (or a sharded folder): the commit hash is in the config, no weights needed
+            from types import SimpleNamespace
+
+            from transformers import AutoConfig
+
+            revision = revision_of(where, SimpleNamespace(config=AutoConfig.from_pretrained(where)))
+        _identities[stamp] = (name, revision)
+    return _identities[stamp]
+
+
+def applies(technique: Technique, task: T.Task) -> bool:
+    """A likelihood task only scores the prepared model, so a technique that decodes or
+    evaluates (EarlyExit, Sampling) would give a duplicate of a row without it: skip it there."""
+    from explorer.compose import DECODE, EVALUATE, Composed, roles
+
+    parts = technique.parts if isinstance(technique, Composed) else (technique,)
+    return task.kind != "likelihood" or not any(roles(p) & {DECODE, EVALUATE} for p in parts)
+
+
+def plan(models: Sequence[str] | str, tasks: Sequence[str] | str, techniques=None, *, n: int = 200,
+         seed: int = 0, repeats: int = 1, batch_size: int = 64) -> list[Job]:
+    """Every job of a sweep, keyed, in run order (grouped by model so each is loaded once)."""
+    from explorer.runs import config_hash
+
+    models = [models] if isinstance(models, str) else list(models)
+    tasks = [tasks] if isinstance(tasks, (str, T.Task)) else list(tasks)
+    if not models or not tasks:
+        raise ValueError(f"sweep needs at least one model and one task; got models={models!r}, tasks={tasks!r}")
+    n = T.check_n(n)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed={seed!r}; give an integer")
+    task_objs = [T.get(t.name if isinstance(t, T.Task) else t) for t in tasks]
+    techs = flatten_techniques(techniques)
+    jobs = []
+    for model in dict.fromkeys(models):
+        ident = model_identity(model)
+        for task, tech in itertools.product(task_objs, techs):
+            if applies(tech, task):
+                jobs.append(Job(model, task.name, tech, n, seed, config_hash(ident, task.name, tech, n, seed),
+                                repeats, batch_size))
+    return list({j.config_hash: j for j in jobs}.values())
+
+
+def sweep(models: Sequence[str] | str, tasks: Sequence[str] | str, techniques=None, *,
+          store: Store | str | None = None, executor: str = "local", address: str | None = None,
+          workers: int | None = None, n: int = 200, seed: int = 0, repeats: int = 1, batch_size: int = 64,
+          progress: bool = True) -> pl.DataFrame:
+    """Run every configuration of models x tasks x techniques that `store` lacks; return all their rows.
+
+    `executor="local"` runs here; `executor="ray"` runs on Ray workers (`address=`
+    an existing cluster, or None for a local one with `workers` processes).
+    Same seed, same rows, whichever executor ran them.
+    """
+    from tqdm.auto import tqdm
+
+    store = store if isinstance(store, Store) else Store(store)
+    jobs = plan(models, tasks, techniques, n=n, seed=seed, repeats=repeats, batch_size=batch_size)
+    run_with = get_executor(executor, address=address, workers=workers)
+    have = store.hashes()
+    todo = [j for j in jobs if j.config_hash not in have]
+    if executor != "local":  # longest first balances the workers; local keeps model order (one load each)
+        todo.sort(key=lambda j: -weight_size(j.model))
+    if progress:
+        print(f"sweep: {len(jobs)} configurations, {len(jobs) - len(todo)} already in {store.path}", file=sys.stderr)
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="run", disable=not progress,
+               desc=f"sweep ({executor})", file=sys.stderr)
+    try:
+        for row in run_with.map(todo):
+            store.add(row)
+            bar.set_postfix_str(f"{row['model']} {row['task']} {row['technique']}", refresh=False)
+            bar.update(1)
+    finally:
+        bar.close()
+    wanted = {j.config_hash for j in jobs}
+    return store.frame().filter(pl.col(KEY).is_in(list(wanted)))
+
+
+def weight_size(model: str) -> int:
+    from explorer.models import resolve
+
+    file = Path(resolve(model)[0]) / "model.safetensors"
+    return file.stat().st_size if file.exists() else 0
+
+
+# -- sweep files (TOML or YAML) -------------------------------------------------
+
+SPEC_KEYS = ("models", "tasks", "techniques", "n", "seed", "repeats", "batch_size")
+
+# The default sweep over the embedded family: every model and task, the baseline and a
+# small grid per technique, sized to finish in minutes on a two-core laptop.
+# Techniques not registered in this install are left out.
+DEFAULT_SPEC: dict[str, Any] = {
+    "models": "zoo",  # every zoo model with weights
+    "tasks": "all",
+    "n": 100,
+    "seed": 0,
+    "repeats": 1,
+    "techniques": [
+        {"name": "baseline"},
+        {"name": "sampling", "n": [4, 16], "aggregator": "majority"},
+    ],
+}
+
+
+def load_spec(path: str | Path) -> dict[str, Any]:
+    """A sweep file: TOML (`.toml`) or YAML (`.yaml`, `.yml`) with the keys of `sweep`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"sweep file {str(path)!r} does not exist")
+    if path.suffix == ".toml":
+        try:
+            import tomllib
+        except ImportError:  # Python 3.10
+            import tomli as tomllib
+        spec = tomllib.loads(path.read_text())
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        spec = yaml.safe_load(path.read_text())
+    else:
+        raise ValueError(f"sweep file {str(path)!r}; valid extensions: .toml, .yaml, .yml")
+    if not isinstance(spec, dict):
+        raise ValueError(f"sweep file {str(path)!r} holds {type(spec).__name__}; it must be a table of "
+                         f"{', '.join(SPEC_KEYS)}")
+    return spec
+
+
+def from_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for `sweep` from a sweep file's table (or DEFAULT_SPEC)."""
+    from explorer import zoo
+
+    unknown = sorted(set(spec) - set(SPEC_KEYS))
+    if unknown:
+        raise ValueError(f"sweep file: unknown key {', '.join(map(repr, unknown))}; valid: {', '.join(SPEC_KEYS)}")
+    out = {k: v for k, v in spec.items() if k not in ("models", "tasks", "techniques")}
+    models = spec.get("models", "zoo")
+    out["models"] = [m for m in zoo.names() if has_weights(m)] if models == "zoo" else models
+    out["tasks"] = T.names() if spec.get("tasks", "all") == "all" else spec["tasks"]
+    entries = spec.get("techniques", [{"name": "baseline"}])
+    if not isinstance(entries, list):
+        raise ValueError(f"sweep file: techniques={entries!r}; give a list of tables such as "
+                         "{name = 'quantize', bits = [4, 8]}")
+    out["techniques"] = [t for e in entries for t in techniques_of(e, skip_missing=spec is DEFAULT_SPEC)]
+    return out
+
+
+def techniques_of(entry: dict[str, Any], skip_missing: bool = False) -> list[Technique]:
+    """`{name = "quantize", bits = [4, 8]}` -> a grid; `{compose = [entry, entry]}` -> every composition."""
+    from explorer.compose import compose
+
+    if not isinstance(entry, dict) or ("name" in entry) == ("compose" in entry):
+        raise ValueError(f"sweep file: technique entry {entry!r}; give a table with a 'name' and knobs, "
+                         "or a table with 'compose' = a list of such tables")
+    if "compose" in entry:
+        grids = [techniques_of(e, skip_missing) for e in entry["compose"]]
+        return [compose(*combo) for combo in itertools.product(*grids)] if all(grids) else []
+    knobs = {k: v for k, v in entry.items() if k != "name"}
+    if entry["name"] not in registry:
+        if skip_missing:
+            return []
+        raise ValueError(f"sweep file: unknown technique {entry['name']!r}; known: {', '.join(registry.names())}")
+    return list(grid(registry.get(entry["name"]), **knobs))
+
+
+def has_weights(name: str) -> bool:
+    from explorer import zoo
+
+    try:
+        zoo.path(name)
+        return True
+    except FileNotFoundError:
+        return False
