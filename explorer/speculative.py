@@ -1,0 +1,421 @@
+"""Speculative decoding: a small draft proposes, the target verifies, output unchanged.
+
+Each round the draft proposes up to `draft_len` tokens one at a time; the target
+scores them all in one forward call and keeps the longest prefix it accepts,
+plus one token of its own (the correction at the first rejection, or a bonus
+token when every proposal survives). Greedy: a proposal survives when it is the
+target's argmax, so the output is the target's greedy output. Sampling: modified
+rejection sampling (Leviathan et al. 2023, Chen et al. 2023): accept a proposal
+x with probability min(1, p(x)/q(x)), else draw from norm(max(0, p - q)), so
+every emitted token follows the target's distribution p exactly.
+
+We write the loop instead of calling `generate(assistant_model=...)` because
+transformers' assisted generation hides the statistics that explain the
+speed-up, takes batch size 1 only, and reads its draft length from the draft's
+generation_config. The benchmark (benchmarks/speculative.py) runs it as the peer.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from explorer.generate import Generation, positions, strip_eos
+
+# Beyond 32 proposals a round gains nothing: even at acceptance 0.9 the chance
+# that all 32 survive is 3%, while the draft pays for every one of them.
+MAX_DRAFT_LEN = 32
+
+
+class Decoder:
+    """One side of speculative decoding: a causal LM, its KV cache and its attention mask.
+
+    The loop reaches the draft and the target only through `start`, `extend`,
+    `keep`, `select`, `params` and `vocab_size`, so anything that takes
+    transformers' causal-LM call (input_ids, attention_mask, position_ids, cache)
+    and returns `.logits` and `.cache` can be either side, including a view of
+    the target's first k layers (LayerSkip). Subclass to share a cache or skip layers.
+
+    Rows of a batch accept different numbers of proposals. Rather than re-pad,
+    a rejected position stays in the cache with attention mask 0 (a hole; the
+    position ids come from the mask, so later tokens are placed correctly), and
+    trailing columns that no row keeps are cropped. At batch size 1 every
+    rejected position is cropped, so the cache never holds a hole.
+    """
+
+    def __init__(self, hf):
+        self.hf = hf
+        self.cache = None
+        self.mask: torch.Tensor | None = None  # 1 where a cached column is a real token
+
+    @property
+    def params(self) -> int:
+        return sum(p.numel() for p in self.hf.parameters())
+
+    @property
+    def vocab_size(self) -> int:
+        return self.hf.config.vocab_size
+
+    @property
+    def context(self) -> int:
+        return getattr(self.hf.config, "max_position_embeddings", 2048)
+
+    def start(self, ids: torch.Tensor, mask: torch.Tensor) -> None:
+        """A fresh cache holding the (left-padded) prefix `ids`."""
+        from transformers import DynamicCache
+
+        self.cache = DynamicCache(config=self.hf.config)
+        self.mask = mask[:, :0].long()
+        if ids.shape[1]:
+            self.extend(ids, mask.bool(), last_only=True)
+
+    def extend(self, tokens: torch.Tensor, valid: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
+        """Run `tokens` [batch, k] on top of the cache; logits [batch, k or 1, vocab] in float32."""
+        self.mask = torch.cat([self.mask, valid.long()], dim=1)
+        pos = positions(self.mask)[:, -tokens.shape[1]:]
+        out = self.hf(input_ids=tokens, attention_mask=self.mask, position_ids=pos, cache=self.cache,
+                      use_cache=True, logits_to_keep=1 if last_only else 0)
+        self.cache = out.cache
+        return out.logits.float()
+
+    def keep(self, kept: torch.Tensor) -> None:
+        """Roll back: of the last `kept.shape[1]` cached columns, forget those where `kept` is False."""
+        k = kept.shape[1]
+        if k == 0:
+            return
+        self.mask[:, -k:] *= kept.long()
+        used = kept.any(0).nonzero()
+        drop = k - (int(used.max()) + 1 if used.numel() else 0)
+        if drop:
+            self.cache.crop(-drop)  # transformers 5: a negative count removes that many positions
+            self.mask = self.mask[:, :-drop]
+
+    def select(self, rows: torch.Tensor) -> None:
+        """Keep only `rows` of the batch (finished rows leave, so they cost nothing more)."""
+        self.cache.batch_select_indices(rows)
+        self.mask = self.mask[rows]
+
+    def length(self) -> int:
+        return self.cache.get_seq_length()
+
+
+@dataclass
+class SpecStats:
+    """What explains the speed-up. Counts are summed over the rows of a batch.
+
+    `acceptance_rate` is alpha of Leviathan et al.: accepted / judged, where a
+    proposal is judged when every proposal before it in its round was accepted.
+    Proposals after the first rejection are never judged, so accepted / drafted
+    would understate alpha for long drafts.
+    """
+
+    draft_len: int
+    target_calls: int = 0  # verification forwards of the target (the prompt's prefill excluded)
+    draft_calls: int = 0  # forwards of the draft (prefill excluded)
+    drafted: int = 0  # proposals offered to the target
+    judged: int = 0  # proposals the target decided on
+    accepted: int = 0
+    tokens: int = 0  # emitted tokens, end-of-sequence included
+    eos_accepted: int = 0  # rounds ended by an accepted end-of-sequence (no token of the target's own)
+    target_positions: int = 0  # token positions the target ran (for analytic FLOPs)
+    draft_positions: int = 0
+    steps: int = 0  # batched target forwards
+    position_judged: list[int] = field(default_factory=list)
+    position_accepted: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        self.position_judged = self.position_judged or [0] * self.draft_len
+        self.position_accepted = self.position_accepted or [0] * self.draft_len
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted / self.judged if self.judged else float("nan")
+
+    @property
+    def tokens_per_target_call(self) -> float:
+        return self.tokens / self.target_calls if self.target_calls else float("nan")
+
+    @property
+    def position_acceptance(self) -> list[float]:
+        """Acceptance at proposal position 1, 2, ..., given every earlier proposal was accepted."""
+        return [a / j if j else float("nan") for a, j in zip(self.position_accepted, self.position_judged)]
+
+    @classmethod
+    def total(cls, parts: list["SpecStats"]) -> "SpecStats":
+        out = cls(max(p.draft_len for p in parts))
+        for p in parts:
+            for f in fields(cls):
+                if f.name == "draft_len":
+                    continue
+                a, b = getattr(out, f.name), getattr(p, f.name)
+                setattr(out, f.name, [x + y for x, y in zip(a, b)] if isinstance(a, list) else a + b)
+        return out
+
+    def columns(self) -> dict:
+        # tokens and steps are the row's tokens_generated and the Generation's steps already
+        counts = {f.name: getattr(self, f.name) for f in fields(self)
+                  if f.name not in ("draft_len", "tokens", "steps", "position_judged", "position_accepted")}
+        return counts | {"acceptance_rate": self.acceptance_rate,
+                         "tokens_per_target_call": self.tokens_per_target_call,
+                         "acceptance_by_position": self.position_acceptance}
+
+
+@dataclass
+class Speculation(Generation):
+    stats: SpecStats = None  # type: ignore[assignment]
+
+
+def predicted_speedup(alpha: float, draft_len: int, cost_ratio: float) -> float:
+    """Leviathan et al. (2023), Theorem 3.8: (1 - alpha^(g+1)) / ((1 - alpha)(g c + 1)).
+
+    The expected tokens per target call over the cost of one round (g draft calls
+    at c each plus one target call), in units of a target call.
+    """
+    g = draft_len
+    tokens = g + 1.0 if alpha >= 1 else (1 - alpha ** (g + 1)) / (1 - alpha)
+    return tokens / (g * cost_ratio + 1)
+
+
+def check_knobs(draft_len, temperature, max_new_tokens, adaptive) -> None:
+    if isinstance(draft_len, bool) or not isinstance(draft_len, int) or not 1 <= draft_len <= MAX_DRAFT_LEN:
+        raise ValueError(f"draft_len={draft_len!r}; valid range is 1..{MAX_DRAFT_LEN} (proposals per round)")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
+        raise ValueError(f"temperature={temperature!r}; must be a number >= 0 (0 is greedy)")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens!r}; must be a positive integer")
+    if adaptive is not None and (isinstance(adaptive, bool) or not isinstance(adaptive, (int, float))
+                                 or not 0 < adaptive < 1):
+        raise ValueError(f"adaptive={adaptive!r}; valid: None (fixed draft length) or a confidence "
+                         "threshold strictly between 0 and 1")
+
+
+def as_decoder(side) -> Decoder:
+    if isinstance(side, Decoder):
+        return side
+    return Decoder(getattr(side, "hf", side))  # an explorer Model, or a transformers model
+
+
+def check_pair(target, draft) -> None:
+    """Refuse, with a reason, a draft that cannot speed up this target losslessly."""
+    tv, dv = vocab_of(target), vocab_of(draft)
+    if tv is not None and dv is not None and tv != dv:
+        differ = len(set(tv.items()) ^ set(dv.items()))
+        raise ValueError(f"draft and target tokenizers differ ({len(dv)} vs {len(tv)} tokens, {differ} "
+                         "token-id pairs not shared); speculative decoding needs one shared vocabulary, "
+                         "e.g. two models of the zoo")
+    t, d = as_decoder(target), as_decoder(draft)
+    if t.vocab_size != d.vocab_size:
+        raise ValueError(f"draft vocab_size={d.vocab_size} but target vocab_size={t.vocab_size}; "
+                         "they must score the same token ids")
+    if d.params >= t.params:
+        raise ValueError(f"draft has {d.params:,} parameters, not fewer than the target's {t.params:,}; "
+                         "the draft must be smaller than the target (e.g. zoo-xs drafting for zoo-m)")
+
+
+def vocab_of(side) -> dict | None:
+    tok = getattr(side, "tokenizer", None)
+    return tok.get_vocab() if tok is not None else None
+
+
+def as_batch(input_ids, attention_mask=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ids, mask), left padded: a tensor, a tokenizer's output, one list of ids or a list of lists."""
+    if isinstance(input_ids, Mapping):
+        input_ids, attention_mask = input_ids["input_ids"], input_ids.get("attention_mask", attention_mask)
+    if isinstance(input_ids, (list, tuple)) and input_ids and isinstance(input_ids[0], (list, tuple)):
+        longest = max(len(r) for r in input_ids)
+        ids = torch.tensor([[0] * (longest - len(r)) + list(r) for r in input_ids], dtype=torch.long)
+        mask = torch.tensor([[0] * (longest - len(r)) + [1] * len(r) for r in input_ids], dtype=torch.long)
+    else:
+        ids = torch.as_tensor(input_ids, dtype=torch.long)
+        ids = ids[None] if ids.dim() == 1 else ids
+        mask = torch.ones_like(ids) if attention_mask is None else torch.as_tensor(attention_mask).long()
+        mask = mask[None] if mask.dim() == 1 else mask
+    if ids.dim() != 2 or ids.shape != mask.shape or ids.shape[1] == 0:
+        raise ValueError(f"input_ids of shape {tuple(ids.shape)} (mask {tuple(mask.shape)}); "
+                         "give a non-empty [batch, length] tensor with a matching attention_mask")
+    if not bool(mask[:, -1].all()):
+        raise ValueError("every prompt must end with a real token: pad on the left (padding_side='left')")
+    return ids, mask
+
+
+def eos_of(target) -> int:
+    tok = getattr(target, "tokenizer", None)
+    eos = tok.eos_token_id if tok is not None else getattr(as_decoder(target).hf.config, "eos_token_id", None)
+    return eos[0] if isinstance(eos, (list, tuple)) else (-1 if eos is None else eos)
+
+
+@torch.inference_mode()
+def speculative_generate(target, draft, input_ids, *, draft_len: int, temperature: float,
+                         max_new_tokens: int, generator: torch.Generator | None = None,
+                         adaptive: float | None = None, attention_mask=None) -> Speculation:
+    """Decode with `draft` proposing and `target` verifying; the output is the target's.
+
+    `target` and `draft` are explorer Models, transformers causal LMs or `Decoder`s.
+    `adaptive=tau` (SpecDec++-style): a row stops proposing once the draft's own
+    probability that all its proposals this round survive (the product of its
+    probabilities for them) falls below tau; `draft_len` still caps the round.
+    Returns the tokens (as `explorer.generate.generate` does) and `stats`.
+    """
+    check_knobs(draft_len, temperature, max_new_tokens, adaptive)
+    check_pair(target, draft)
+    tgt, drf = as_decoder(target), as_decoder(draft)
+    ids, mask = as_batch(input_ids, attention_mask)
+    longest = int(mask.sum(-1).max())
+    if longest + max_new_tokens > min(tgt.context, drf.context):
+        raise ValueError(f"prompt of {longest} tokens plus max_new_tokens={max_new_tokens} is longer than the "
+                         f"context of {min(tgt.context, drf.context)} tokens")
+    eos, batch = eos_of(target), ids.shape[0]
+    stats = SpecStats(draft_len)
+    out: list[list[int]] = [[] for _ in range(batch)]
+    logp = [0.0] * batch
+    # The prompt's last token is not prefilled: the first round feeds it with the
+    # first proposals, so every target call (prefill aside) yields tokens.
+    tgt.start(ids[:, :-1], mask[:, :-1])
+    drf.start(ids[:, :-1], mask[:, :-1])
+    rows = torch.arange(batch)
+    t_next = ids[:, -1:]
+    d_next, d_valid = ids[:, -1:], torch.ones(batch, 1, dtype=torch.bool)
+    while rows.numel():
+        live = rows.numel()
+        left = torch.tensor([max_new_tokens - len(out[r]) for r in rows.tolist()])
+        cap = (left - 1).clamp(max=draft_len)  # never propose past max_new_tokens
+        drafts, qs, lens = propose(drf, d_next, d_valid, cap, temperature, adaptive, eos, generator, stats)
+        g = drafts.shape[1]
+        logits = tgt.extend(torch.cat([t_next, drafts], 1), torch.ones(live, g + 1, dtype=torch.bool))
+        n, nxt = verify(logits, drafts, qs, lens, temperature, generator)
+        stats.steps += 1
+        stats.target_calls += live
+        stats.target_positions += live * (g + 1)
+        record(stats, n, lens)
+        tgt.keep(torch.arange(g + 1)[None] <= n[:, None])
+        if g:
+            drf.keep(torch.arange(g - 1)[None] < n[:, None])  # the last proposal was never fed
+            full = n == g
+            d_next = torch.cat([drafts[:, -1:], nxt[:, None]], 1) if full.any() else nxt[:, None]
+            d_valid = torch.stack([full, torch.ones_like(full)], 1) if full.any() else torch.ones(live, 1, dtype=torch.bool)
+        else:
+            d_next, d_valid = torch.cat([d_next, nxt[:, None]], 1), torch.cat([d_valid, torch.ones(live, 1, dtype=torch.bool)], 1)
+        t_next = nxt[:, None]
+        lp = torch.log_softmax(logits / (temperature or 1.0), -1)
+        done = emit(out, logp, rows, drafts, n, nxt, lp, eos, max_new_tokens, stats)
+        if done.any():
+            keep = (~done).nonzero()[:, 0]
+            rows, t_next, d_next, d_valid = rows[keep], t_next[keep], d_next[keep], d_valid[keep]
+            if keep.numel():
+                tgt.select(keep)
+                drf.select(keep)
+    tokens = [strip_eos(r, eos) for r in out]
+    tok = getattr(target, "tokenizer", None)
+    texts = tok.batch_decode(tokens, skip_special_tokens=True) if tok is not None else []
+    return Speculation(tokens, texts, logp, stats.tokens, stats.steps, stats)
+
+
+def propose(drf: Decoder, x, valid, cap, temperature, adaptive, eos, generator, stats: SpecStats):
+    """Draft up to cap[i] tokens for row i: (drafts [b, g], draft distributions, proposals per row)."""
+    b = x.shape[0]
+    drafts = torch.empty(b, 0, dtype=torch.long)
+    qs: list[torch.Tensor] = []
+    lens = torch.zeros(b, dtype=torch.long)
+    going, sure = cap > 0, torch.ones(b)
+    for j in range(int(cap.max())):
+        if not going.any():
+            break
+        logits = drf.extend(x, valid, last_only=True)[:, -1]
+        stats.draft_calls += b
+        stats.draft_positions += b * x.shape[1]
+        q = torch.softmax(logits / (temperature or 1.0), -1)
+        d = torch.multinomial(q, 1, generator=generator)[:, 0] if temperature else logits.argmax(-1)
+        drafts, lens = torch.cat([drafts, d[:, None]], 1), lens + going.long()
+        qs.append(q)
+        sure = sure * q.gather(-1, d[:, None])[:, 0]
+        # Stopping looks only at tokens already proposed, never at the next one, so
+        # the rejection sampling below stays exact (a rule that peeked would bias q).
+        going &= (j + 1 < cap) & (d != eos)
+        if adaptive is not None:
+            going &= sure >= adaptive
+        x, valid = d[:, None], torch.ones(b, 1, dtype=torch.bool)
+    return drafts, qs, lens
+
+
+def verify(logits, drafts, qs, lens, temperature, generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """(accepted proposals per row, the target's own next token per row)."""
+    b, g = drafts.shape
+    offered = torch.arange(g)[None] < lens[:, None]
+    if not temperature:
+        best = logits.argmax(-1)
+        n = ((drafts == best[:, :g]) & offered).long().cumprod(1).sum(1)
+        return n, best.gather(1, n[:, None])[:, 0]
+    p = torch.softmax(logits / temperature, -1)
+    q = torch.stack(qs, 1) if qs else p[:, :0]
+    pd = p[:, :g].gather(-1, drafts[..., None])[..., 0]
+    qd = q.gather(-1, drafts[..., None])[..., 0]
+    u = torch.rand(b, g, generator=generator)
+    n = ((u * qd < pd) & offered).long().cumprod(1).sum(1)  # accept with probability min(1, p/q)
+    at = torch.arange(b)
+    pn = p[at, n]
+    rejected = n < lens
+    qn = torch.cat([q, torch.zeros_like(p[:, :1])], 1)[at, n]
+    resid = (pn - qn).clamp(min=0)
+    # A row that stopped proposing early (all accepted) draws its bonus from p, not the residual.
+    resid = torch.where(rejected[:, None] & (resid.sum(-1, keepdim=True) > 0), resid, pn)
+    return n, torch.multinomial(resid / resid.sum(-1, keepdim=True), 1, generator=generator)[:, 0]
+
+
+def record(stats: SpecStats, n: torch.Tensor, lens: torch.Tensor) -> None:
+    judged = torch.minimum(n + 1, lens)
+    stats.drafted += int(lens.sum())
+    stats.judged += int(judged.sum())
+    stats.accepted += int(n.sum())
+    for j in range(int(lens.max()) if lens.numel() else 0):
+        stats.position_judged[j] += int((judged > j).sum())
+        stats.position_accepted[j] += int((n > j).sum())
+
+
+def emit(out, logp, rows, drafts, n, nxt, lp, eos, max_new_tokens, stats: SpecStats) -> torch.Tensor:
+    """Append each row's accepted proposals and the target's token; which rows are finished."""
+    # Row i emits drafts[i, :n_i] then nxt_i: column n_i of `emitted` holds nxt_i.
+    emitted = torch.cat([drafts, nxt[:, None]], 1).scatter(1, n[:, None], nxt[:, None])
+    cum = lp.gather(-1, emitted[..., None])[..., 0].double().cumsum(1).tolist()
+    done = []
+    for i, (r, k, row) in enumerate(zip(rows.tolist(), n.tolist(), emitted.tolist())):
+        new = row[: k + 1]
+        if eos in new[:k]:  # proposals stop at end-of-sequence, so it can only be the last
+            stats.eos_accepted += 1
+            new = new[:k]
+        out[r] += new
+        logp[r] += cum[i][len(new) - 1]
+        stats.tokens += len(new)
+        done.append(new[-1] == eos or len(out[r]) >= max_new_tokens)
+    return torch.tensor(done, dtype=torch.bool)
+
+
+def step_seconds(side: Decoder, ids, mask, calls: int) -> list[float]:
+    """Seconds of one cached one-token forward of `side`, `calls` times (rolled back each time)."""
+    side.start(ids, mask)
+    token, one = ids[:, -1:], torch.ones(ids.shape[0], 1, dtype=torch.bool)
+    times = []
+    for _ in range(calls + 1):
+        t = time.perf_counter()
+        side.extend(token, one, last_only=True)
+        times.append(time.perf_counter() - t)
+        side.keep(~one)
+    return times[1:]  # the first call warms up
+
+
+@torch.inference_mode()
+def measure_cost_ratio(target, draft, input_ids, *, attention_mask=None, calls: int = 30) -> float:
+    """c of Leviathan et al.: the draft's seconds per forward over the target's, medians.
+
+    Both run one token on top of the same prompt in their caches, in alternating
+    blocks so a noisy neighbour slows both alike.
+    """
+    ids, mask = as_batch(input_ids, attention_mask)
+    tgt, drf = as_decoder(target), as_decoder(draft)
+    t, d = [], []
+    for _ in range(3):
+        t += step_seconds(tgt, ids, mask, calls // 3 + 1)
+        d += step_seconds(drf, ids, mask, calls // 3 + 1)
+    return statistics.median(d) / statistics.median(t)
