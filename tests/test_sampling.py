@@ -241,6 +241,8 @@ def test_k_beyond_the_samples_drawn_is_refused(row):
         agg.pass_at_k(5, 2, 6)
     with pytest.raises(ValueError, match="no 'samples' column"):
         curves({"accuracy": 0.5})
+    with pytest.raises(ValueError, match="no 'samples' column"):
+        curves({"accuracy": 0.5, "samples": None})  # a baseline row in a mixed store frame
 
 
 @pytest.mark.slow

@@ -71,7 +71,7 @@ class Samples:
         if isinstance(source, Samples):
             return source
         if isinstance(source, Mapping):
-            if "samples" not in source:
+            if source.get("samples") is None:
                 raise ValueError("this row has no 'samples' column; it was not made by explorer.Sampling")
             source = source["samples"]
         if hasattr(source, "partition_by"):  # a polars frame from frame()
