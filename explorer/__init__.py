@@ -11,5 +11,6 @@ from explorer.frontier import best_under_budget, frontier
 from explorer.store import Store
 from explorer.sweep import grid, sweep
 from explorer.techniques import Baseline, Technique
+from explorer.techniques.quantize import Quantize
 
-__all__ = ["Store", "best_under_budget", "compose", "frontier", "grid", "sweep", "Baseline", "Model", "ModelNotFound", "Technique", "load", "run", "tasks", "zoo"]
+__all__ = ["Store", "best_under_budget", "compose", "frontier", "grid", "sweep", "Baseline", "Quantize", "Model", "ModelNotFound", "Technique", "load", "run", "tasks", "zoo"]

@@ -67,6 +67,7 @@ def run(model: Model | str, task: T.Task | str, technique: Technique | None = No
             examples = task.examples(n, seed)
             row |= technique.evaluate(variant, task, examples, seed=seed, repeats=repeats,
                                       batch_size=batch_size)
+        row |= technique.variant_columns(variant)
     row["weight_bytes"] = variant.facts.weight_bytes
     row["device"] = f"cpu:{torch.get_num_threads()}threads"
     row |= versions()

@@ -7,6 +7,8 @@ hashable and feeds `config_hash`) with hooks that `explorer.run` calls:
 - `generate(model, prompts, max_new_tokens=, seed=) -> Generation`: decode a batch;
 - `columns(model, generations) -> dict`: the technique's own measurements over
   the list of batch generations;
+- `variant_columns(model) -> dict`: measurements of the prepared model itself,
+  added to every row whatever the task (Quantize: KL to the original, bytes);
 - `evaluate(model, task, examples, seed=, repeats=, batch_size=) -> dict`: the whole
   evaluation of a generative task. The default (`explorer.runs.evaluate`) calls
   `generate` per batch, verifies, and computes accuracy and costs; a technique
@@ -35,6 +37,10 @@ class Technique:
         return generate(model.hf, model.tokenizer, prompts, max_new_tokens=max_new_tokens)
 
     def columns(self, model, generations: list) -> dict[str, Any]:
+        return {}
+
+    def variant_columns(self, model) -> dict[str, Any]:
+        """Measurements of the prepared model itself, for any task kind (bytes, fidelity to the original)."""
         return {}
 
     def evaluate(self, model, task, examples, *, seed: int, repeats: int, batch_size: int) -> dict[str, Any]:

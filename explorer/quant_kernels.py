@@ -1,0 +1,228 @@
+"""Number formats for `Quantize`, rounding onto their grids, and the real CPU kernels.
+
+Three ways a quantized weight exists here:
+
+- simulated: round-to-nearest onto the format's grid, one scale per group,
+  dequantized back to float32. Exact in accuracy, says nothing about speed.
+- bf16: parameters cast to bfloat16 and run by torch's bf16 matmuls.
+- int8-dynamic: torch's dynamically quantized Linear (fbgemm/oneDNN int8 GEMM;
+  activations quantized per call). torchao 0.18's
+  `Int8DynamicActivationInt8WeightConfig` also runs on this CPU, but measured
+  2.7 times slower than this kernel on zoo-s decoding, and its int4 paths do not
+  run here at all, so torch's own is the one we use.
+
+Scales are stored as float16 (as GPTQ and AWQ checkpoints do) and the simulation
+uses the float16-rounded scale, so the bytes counted reproduce the weights exactly.
+"""
+from __future__ import annotations
+
+import math
+import re
+import warnings
+from dataclasses import dataclass
+
+import torch
+
+SCALE_BITS = 16  # float16 scales
+FP16_TINY, FP16_MAX = 2.0**-24, 65504.0
+
+
+@dataclass(frozen=True)
+class FloatFormat:
+    """A sign bit, `exponent` bits and `mantissa` bits, with IEEE-style subnormals.
+
+    `special` says which codes are not numbers: "finite" (none: OCP MX e2m1, e2m3,
+    e3m2), "fn" (only the all-ones code is NaN: OCP e4m3) or "ieee" (the top
+    exponent holds inf and NaN: e5m2, bf16, fp16).
+    """
+
+    exponent: int
+    mantissa: int
+    special: str = "finite"
+
+    @property
+    def bits(self) -> int:
+        return 1 + self.exponent + self.mantissa
+
+    @property
+    def name(self) -> str:
+        return f"e{self.exponent}m{self.mantissa}"
+
+    def values(self) -> torch.Tensor:
+        """The non-negative representable values, ascending (float64)."""
+        e_bits, m_bits = self.exponent, self.mantissa
+        bias = 2 ** (e_bits - 1) - 1
+        top = 2**e_bits - (2 if self.special == "ieee" else 1)
+        vals = [m / 2**m_bits * 2.0 ** (1 - bias) for m in range(2**m_bits)]  # subnormals and zero
+        for e in range(1, top + 1):
+            vals += [(1 + m / 2**m_bits) * 2.0 ** (e - bias) for m in range(2**m_bits)]
+        if self.special == "fn":
+            vals = vals[:-1]  # e4m3fn: S.1111.111 is NaN
+        return torch.tensor(vals, dtype=torch.float64)
+
+
+# 16-bit floats are plain casts (their range needs no scale); every narrower
+# ExMy is simulated on its grid. The defaults per bit count follow OCP MX/FP8.
+CAST_FORMATS = {"e8m7": torch.bfloat16, "e5m10": torch.float16}
+ALIASES = {"bf16": "e8m7", "bfloat16": "e8m7", "fp16": "e5m10", "float16": "e5m10",
+           "e4m3fn": "e4m3", "fp8": "e4m3", "fp4": "e2m1"}
+DEFAULT_FP = {3: "e2m0", 4: "e2m1", 5: "e2m2", 6: "e3m2", 7: "e3m3", 8: "e4m3", 16: "e8m7"}
+FP_BITS = tuple(DEFAULT_FP)
+SPECIAL = {"e4m3": "fn", "e5m2": "ieee", "e8m7": "ieee", "e5m10": "ieee"}
+
+
+def float_format(name: str, bits: int) -> FloatFormat:
+    """Parse 'eXmY' (or an alias such as 'bf16') and check it has `bits` bits."""
+    canon = ALIASES.get(str(name).lower(), str(name).lower())
+    match = re.fullmatch(r"e(\d+)m(\d+)", canon)
+    choices = ", ".join(f"{b}: {DEFAULT_FP[b]}" for b in FP_BITS)
+    if not match or int(match[1]) < 1:
+        raise ValueError(f"Quantize.fp_format={name!r}; valid: 'eXmY' with X >= 1 exponent bits and "
+                         f"1 + X + Y == bits, or an alias {sorted(ALIASES)} (defaults by bits: {choices})")
+    fmt = FloatFormat(int(match[1]), int(match[2]), SPECIAL.get(canon, "finite"))
+    if fmt.bits != bits:
+        raise ValueError(f"Quantize.fp_format={name!r} has {fmt.bits} bits but bits={bits}; "
+                         f"formats with {bits} bits are e<X>m<{bits - 1}-X>, e.g. {DEFAULT_FP.get(bits)}")
+    if bits == 16 and canon not in CAST_FORMATS:
+        raise ValueError(f"Quantize.fp_format={name!r}; 16-bit float formats are 'e8m7' (bf16) and 'e5m10' (fp16)")
+    return fmt
+
+
+@dataclass(frozen=True)
+class Grid:
+    """What `quantize_weight` needs: a format's rounding rule."""
+
+    kind: str  # "int", "fp" or "cast"
+    bits: int
+    symmetric: bool = True
+    fmt: FloatFormat | None = None
+
+    @property
+    def has_scale(self) -> bool:
+        return self.kind != "cast"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one quantized weight is stored: its bytes follow from this alone."""
+
+    shape: tuple[int, int]
+    group_size: int  # columns per group along the last axis; the last group of a row may be shorter
+    groups: int
+    bits: int
+    scale_bits: int
+    zero_bits: int  # 0 for symmetric formats
+
+    @property
+    def numel(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    @property
+    def nbytes(self) -> int:
+        """Packed codes plus scales plus zero points, each packed at its own width."""
+        return (math.ceil(self.numel * self.bits / 8) + math.ceil(self.groups * self.scale_bits / 8)
+                + math.ceil(self.groups * self.zero_bits / 8))
+
+
+def quantize_weight(w: torch.Tensor, grid: Grid, group_size: int | None) -> tuple[torch.Tensor, Layout]:
+    """Round a 2-D weight onto `grid`, one scale per `group_size` columns of each row.
+
+    Returns the dequantized float32 weight and its storage layout. A row whose
+    length `group_size` does not divide ends in one shorter group (as torch.split
+    cuts), which gets its own scale.
+    """
+    w = w.detach().float()
+    rows, cols = w.shape
+    if grid.kind == "cast":
+        deq = w.to(CAST_FORMATS[grid.fmt.name]).float()
+        return deq, Layout((rows, cols), cols, rows, grid.bits, 0, 0)
+    g = cols if group_size is None else group_size
+    deq = torch.cat([round_groups(p, grid) for p in w.split(g, dim=1)], dim=1)
+    groups = rows * math.ceil(cols / g)
+    zero_bits = 0 if grid.symmetric else grid.bits
+    return deq, Layout((rows, cols), g, groups, grid.bits, SCALE_BITS, zero_bits)
+
+
+def round_groups(x: torch.Tensor, grid: Grid) -> torch.Tensor:
+    """Quantize-dequantize each row of `x` (one group per row)."""
+    if grid.kind == "fp":
+        scale = fp16_scale(x.abs().amax(1, keepdim=True) / float(grid.fmt.values()[-1]))
+        return round_to_grid(x / scale, grid.fmt.values().float()) * scale
+    if grid.symmetric:
+        qmax = 2 ** (grid.bits - 1) - 1  # restricted range: a grid symmetric about 0, 2^bits - 1 levels
+        scale = fp16_scale(x.abs().amax(1, keepdim=True) / qmax)
+        return torch.round(x / scale).clamp(-qmax, qmax) * scale
+    qmax = 2**grid.bits - 1
+    lo, hi = x.amin(1, keepdim=True), x.amax(1, keepdim=True)
+    scale = fp16_scale((hi - lo) / qmax)
+    zero = torch.round(-lo / scale).clamp(0, qmax)  # an integer code, stored at `bits` bits
+    return (torch.round(x / scale + zero).clamp(0, qmax) - zero) * scale
+
+
+def fp16_scale(scale: torch.Tensor) -> torch.Tensor:
+    # An all-zero group would give scale 0; the floor keeps x / scale finite (and 0).
+    return scale.clamp(FP16_TINY, FP16_MAX).to(torch.float16).float()
+
+
+def round_to_grid(x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Nearest of the non-negative `values` (ascending) in magnitude, sign kept.
+
+    Ties go to the even code, as IEEE round-to-nearest-even does; magnitudes past
+    the largest value saturate to it. Hand-written: torch casts only to its own
+    float8 dtypes, not to an arbitrary ExMy.
+    """
+    a = x.abs()
+    mids = (values[1:] + values[:-1]) / 2
+    idx = torch.bucketize(a, mids)  # a in (mids[i-1], mids[i]] -> i
+    at_mid = a == mids[idx.clamp(max=len(mids) - 1)]
+    idx = torch.where(at_mid & (idx % 2 == 1), idx + 1, idx)
+    return torch.sign(x) * values[idx.clamp(max=len(values) - 1)]
+
+
+# ----- real kernels -------------------------------------------------------------------
+
+
+def cast_bf16_(hf, keep: list[torch.nn.Module]) -> None:
+    """Run `hf` in bfloat16, except the modules in `keep`, which stay float32.
+
+    Parameters only: rotary `inv_freq` buffers stay float32, as transformers
+    computes positions in float32 anyway. Kept modules get casts at their edges.
+    """
+    kept = {id(m) for m in keep}
+    for mod in hf.modules():
+        if id(mod) not in kept:
+            for p in mod.parameters(recurse=False):
+                p.data = p.data.to(torch.bfloat16)
+    emb, head = hf.get_input_embeddings(), hf.get_output_embeddings()
+    if id(emb) in kept:
+        emb.register_forward_hook(lambda m, args, out: out.to(torch.bfloat16))
+    if head is not None and id(head) in kept:
+        head.register_forward_pre_hook(lambda m, args: tuple(a.float() for a in args))
+
+
+def int8_dynamic_linear(linear: torch.nn.Linear, deq: torch.Tensor) -> torch.nn.Module:
+    """torch's dynamic int8 Linear holding exactly the codes of `deq` (int8, per-row symmetric).
+
+    `deq` is on the simulated int8 grid (codes times a float16 scale), so the
+    real kernel and the simulation hold the same weights; they differ only in
+    the kernel quantizing activations to 8 bits on each call.
+    """
+    import torch.ao.nn.quantized.dynamic as nnqd
+
+    scale = fp16_scale(deq.abs().amax(1) / 127).double()
+    with warnings.catch_warnings():
+        # torch.ao.quantization is deprecated for torchao, whose int8 CPU path is slower here.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+        qweight = torch.quantize_per_channel(deq, scale, torch.zeros_like(scale, dtype=torch.long), 0,
+                                             torch.qint8)
+        mod = nnqd.Linear(linear.in_features, linear.out_features, bias_=linear.bias is not None,
+                          dtype=torch.qint8)
+        mod.set_weight_bias(qweight, None if linear.bias is None else linear.bias.detach().float())
+    return mod
+
+
+def dequantized(mod: torch.nn.Module) -> torch.Tensor:
+    """The float32 weight a module computes with, whatever kernel holds it."""
+    w = mod.weight() if callable(mod.weight) else mod.weight
+    return (w.dequantize() if w.is_quantized else w).detach().float()
