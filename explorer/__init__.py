@@ -12,5 +12,6 @@ from explorer.store import Store
 from explorer.sweep import grid, sweep
 from explorer.techniques import Baseline, Technique
 from explorer.techniques.quantize import Quantize
+from explorer.techniques.early_exit import EarlyExit
 
-__all__ = ["Store", "best_under_budget", "compose", "frontier", "grid", "sweep", "Baseline", "Quantize", "Model", "ModelNotFound", "Technique", "load", "run", "tasks", "zoo"]
+__all__ = ["Store", "best_under_budget", "compose", "frontier", "grid", "sweep", "Baseline", "Quantize", "EarlyExit", "Model", "ModelNotFound", "Technique", "load", "run", "tasks", "zoo"]

@@ -1,0 +1,209 @@
+import pytest
+import torch
+
+import explorer as ex
+from explorer import tasks as T
+from explorer.cost import flops_per_token
+from explorer.generate import generate
+from explorer.techniques import techniques
+
+
+@pytest.fixture(scope="module")
+def small(zoo_models):
+    return zoo_models["zoo-s"]  # 2 layers: the smallest zoo model with somewhere to exit
+
+
+def prompts(n=6, seed=1):
+    # Mixed tasks and lengths, so batches are left padded.
+    exs = T.get("addition").examples(n, seed=seed) + T.get("sort").examples(n // 2, seed=seed)
+    return [e.prompt for e in exs]
+
+
+def decode(model, technique, ps, max_new_tokens=12, seed=0):
+    return technique.generate(model, ps, max_new_tokens=max_new_tokens, seed=seed)
+
+
+# ---------------------------------------------------------------- never exit, always exit
+
+@pytest.mark.parametrize("never", [ex.EarlyExit("max_prob", 1.0), ex.EarlyExit("entropy", 0.0),
+                                   ex.EarlyExit("agreement", 99)])
+def test_a_threshold_that_never_exits_reproduces_the_full_model_token_for_token(mid_model, never):
+    ps = prompts()
+    full = generate(mid_model.hf, mid_model.tokenizer, ps, max_new_tokens=12)
+    ours = decode(mid_model, never, ps)
+    assert ours.tokens == full.tokens
+    assert ours.logprobs == pytest.approx(full.logprobs, abs=1e-4)
+    assert ours.tokens_generated == full.tokens_generated
+    depth = mid_model.facts.layers
+    assert {e for row in ours.exits.per_row() for e in row} == {depth}
+
+
+def test_sampled_decoding_that_never_exits_draws_what_the_full_model_draws(small):
+    ps = prompts()
+    full = generate(small.hf, small.tokenizer, ps, max_new_tokens=10, temperature=1.0,
+                    generator=torch.Generator().manual_seed(4))
+    ours = decode(small, ex.EarlyExit("max_prob", 1.0, temperature=1.0), ps, max_new_tokens=10, seed=4)
+    assert ours.tokens == full.tokens
+    again = decode(small, ex.EarlyExit("max_prob", 1.0, temperature=1.0), ps, max_new_tokens=10, seed=4)
+    assert again.tokens == ours.tokens
+
+
+def count_calls(modules):
+    counts = [0] * len(modules)
+
+    def hook(i):
+        def fn(*_):
+            counts[i] += 1
+        return fn
+
+    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(modules)]
+    return counts, handles
+
+
+def test_always_exiting_runs_only_the_first_min_layers(mid_model):
+    layers = mid_model.hf.model.layers
+    depth, k = len(layers), 2
+    calls, h1 = count_calls(list(layers))
+    mlps, h2 = count_calls([layer.mlp for layer in layers])
+    queries, h3 = count_calls([layer.self_attn.q_proj for layer in layers])
+    try:
+        g = decode(mid_model, ex.EarlyExit("max_prob", 0.0, min_layers=k), prompts(4), max_new_tokens=8)
+    finally:
+        for h in h1 + h2 + h3:
+            h.remove()
+    steps = g.steps + 1  # decode calls, plus the prompt's last position
+    # Every layer runs once over the prompt (prefill); above min_layers, never again.
+    assert calls == [1 + steps] * k + [1] * (depth - k)
+    assert mlps == calls and queries == calls
+    assert {e for row in g.exits.per_row() for e in row} == {k}
+
+
+def test_exit_layers_are_kept_only_for_tokens_a_row_decoded(small):
+    ps = prompts(4)
+    one = [decode(small, ex.EarlyExit("max_prob", 0.9), [p]) for p in ps]
+    batch = decode(small, ex.EarlyExit("max_prob", 0.9), ps)
+    assert [len(r) for r in batch.exits.per_row()] == [o.tokens_generated for o in one]
+
+
+def test_batched_exits_equal_one_prompt_at_a_time(mid_model):
+    ps = prompts(6, seed=3)
+    rule = ex.EarlyExit("max_prob", 0.8)
+    batch = decode(mid_model, rule, ps)
+    single = [decode(mid_model, rule, [p]) for p in ps]
+    assert batch.tokens == [s.tokens[0] for s in single]
+    assert batch.exits.per_row() == [s.exits.per_row()[0] for s in single]
+
+
+# ---------------------------------------------------------------- the KV cache under exits
+
+def replay(hf, ids: list[int], exits: list[int]):
+    """Reference: the whole sequence at once, no cache; a position's state freezes above its exit layer.
+
+    This is what state propagation means, computed independently of the
+    incremental K/V fill: layer j reads the frozen state of every position that
+    left below it. Returns the per-layer logits (layers, positions, vocab).
+    """
+    inner = hf.model
+    x = torch.tensor([ids])
+    n = x.shape[1]
+    h = inner.embed_tokens(x)
+    pos = torch.arange(n)[None]
+    rope = inner.rotary_emb(h, position_ids=pos)
+    causal = torch.ones(n, n, dtype=torch.bool).tril()[None, None]
+    stop = torch.tensor(exits)
+    per_layer = []
+    for j, layer in enumerate(inner.layers):
+        out = layer(h, attention_mask=causal, position_embeddings=rope, position_ids=pos)
+        h = torch.where((stop > j)[None, :, None], out, h)
+        per_layer.append(hf.lm_head(inner.norm(h))[0])
+    return torch.stack(per_layer)
+
+
+@torch.inference_mode()
+def test_a_long_generation_with_exits_matches_a_reference_recomputation(mid_model):
+    tok, depth = mid_model.tokenizer, mid_model.facts.layers
+    rule = ex.EarlyExit("max_prob", 0.6)
+    text = T.get("shakespeare").text()
+    ps = [text[:20], text[100:131]]  # natural text: varied confidence, so exits vary
+    g = decode(mid_model, rule, ps, max_new_tokens=60)
+    exits = g.exits.per_row()
+    assert len({e for row in exits for e in row}) >= min(depth, 3)  # exits really spread over layers
+    for p, toks, row, logprob in zip(ps, g.tokens, exits, g.logprobs):
+        prompt = tok(p)["input_ids"]
+        out = toks + [tok.eos_token_id] * (len(row) - len(toks))  # what each decoded position produced
+        fed = prompt + out[:-1]  # every produced token but the last was fed back
+        # Prompt positions ran every layer; the last prompt position and every fed-back token exited.
+        logits = replay(mid_model.hf, fed, [depth] * (len(prompt) - 1) + row)
+        for step, (e, produced) in enumerate(zip(row, out)):
+            at = len(prompt) - 1 + step
+            assert int(logits[e - 1, at].argmax()) == produced
+            probs = logits[:, at].softmax(-1).amax(-1)
+            expect = next((j + 1 for j in range(depth - 1) if probs[j] > rule.threshold), depth)
+            assert e == expect, f"position {at}: exit layer {e}, the reference says {expect}"
+        # And the same numbers, not just the same argmax: the summed log-probability of the output.
+        at = torch.arange(len(row)) + len(prompt) - 1
+        chosen = logits[torch.tensor(row) - 1, at].log_softmax(-1)[torch.arange(len(row)), torch.tensor(out)]
+        assert float(chosen.sum()) == pytest.approx(logprob, abs=1e-3)
+
+
+# ---------------------------------------------------------------- the result row
+
+def test_a_row_keeps_every_token_exit_layer_and_counts_what_ran(mid_model):
+    depth = mid_model.facts.layers
+    row = ex.run(mid_model, "addition", ex.EarlyExit("max_prob", 0.9, min_layers=2), n=12, repeats=1)
+    assert row["technique"] == "early_exit" and row["knob_threshold"] == 0.9 and row["knob_min_layers"] == 2
+    exits = row["exit_layers"]
+    assert len(exits) == 12 and sum(map(len, exits)) == row["tokens_generated"]
+    assert [len(w) for w in row["exit_tokens"]] == [len(e) for e in exits]
+    assert sum(row["exit_layer_counts"]) == row["tokens_generated"] and row["exit_layer_counts"][0] == 0
+    flat = [e for r in exits for e in r]
+    assert row["exit_layer_mean"] == pytest.approx(sum(flat) / len(flat))
+    # FLOPs: the layers that ran, K/V projections of the skipped ones, one LM head per layer read.
+    c = mid_model.hf.config
+    ctx = (row["flops_per_token_full_analytic"] - flops_per_token(c, 0)) / (
+        flops_per_token(c, 1) - flops_per_token(c, 0))
+    fills = sum(depth - e for e in flat) / len(flat)
+    heads = sum(e - 2 + 1 for e in flat) / len(flat)
+    expect = (flops_per_token(c, ctx, layers_run=sum(flat) / len(flat)) + 4 * c.hidden_size ** 2 * fills
+              + 2 * c.hidden_size * c.vocab_size * (heads - 1))
+    assert row["flops_per_token_analytic"] == pytest.approx(expect)
+    assert 0 < row["flops_saving_analytic"] < 1
+    assert row["kv_fill_s"] > 0 and 0 < row["kv_fill_share"] < 1
+
+
+def test_a_higher_threshold_exits_later_and_costs_more(mid_model):
+    rows = [ex.run(mid_model, "addition", ex.EarlyExit("max_prob", t), n=16, repeats=1)
+            for t in (0.0, 0.5, 0.9, 0.999, 1.0)]
+    means = [r["exit_layer_mean"] for r in rows]
+    assert means == sorted(means) and means[0] == 1 and means[-1] == mid_model.facts.layers
+    flops = [r["flops_per_token_analytic"] for r in rows]
+    assert flops == sorted(flops)
+
+
+def test_early_exit_is_registered_by_name():
+    assert techniques.get("early_exit") is ex.EarlyExit
+
+
+# ---------------------------------------------------------------- bad configurations
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(criterion="confidence"), "criterion='confidence'; valid: max_prob, entropy, agreement"),
+    (dict(criterion="max_prob", threshold=1.5), "threshold=1.5 for criterion 'max_prob'; valid range is 0..1"),
+    (dict(criterion="max_prob", threshold=-0.1), "valid range is 0..1"),
+    (dict(criterion="entropy", threshold=-1.0), "threshold=-1.0 for criterion 'entropy'.*>= 0"),
+    (dict(criterion="agreement", threshold=0), "threshold=0 .*an integer >= 1"),
+    (dict(criterion="agreement", threshold=1.5), "threshold=1.5 .*an integer >= 1"),
+    (dict(threshold=float("nan")), "threshold=nan; must be a finite number"),
+    (dict(threshold=True), "threshold=True"),
+    (dict(min_layers=0), "min_layers=0; valid: an integer from 1"),
+    (dict(min_layers=2.0), "min_layers=2.0"),
+    (dict(temperature=-1.0), "temperature=-1.0"),
+])
+def test_a_bad_configuration_is_refused_when_built(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ex.EarlyExit(**kwargs)
+
+
+def test_min_layers_beyond_the_depth_is_refused_when_run(small):
+    with pytest.raises(ValueError, match=r"min_layers=3; this model has 2 layers, so valid is 1\.\.2"):
+        ex.run(small, "addition", ex.EarlyExit(min_layers=3), n=2, repeats=1)
