@@ -31,6 +31,32 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("-n", type=int, default=100)
     b.add_argument("--seed", type=int, default=0)
 
+    s = sub.add_parser("sweep", help="fill the results store from a sweep file (TOML or YAML), or the default sweep")
+    s.add_argument("file", nargs="?", help="sweep file (default: every zoo model and task, the baseline and a "
+                   "small grid per technique)")
+    s.add_argument("--store", default=None, help="results folder (default: the per-user cache folder)")
+    s.add_argument("--executor", default="local", choices=["local", "ray"])
+    s.add_argument("--address", default=None, help="an existing Ray cluster (default: start a local one)")
+    s.add_argument("--workers", type=int, default=None, help="Ray worker processes (default: one per CPU)")
+    s.add_argument("-n", type=int, default=None, help="examples per run (overrides the file)")
+    s.add_argument("--seed", type=int, default=None, help="overrides the file")
+    s.add_argument("--dry-run", action="store_true", help="list the configurations and which are stored; run none")
+
+    f = sub.add_parser("frontier", help="print the Pareto frontier of the stored runs and write its chart")
+    f.add_argument("--store", default=None, help="results folder (default: the per-user cache folder)")
+    f.add_argument("--cost", default="flops_per_problem_analytic", help="any numeric column; the default is "
+                   "derived: generated tokens per problem x analytic FLOPs per token")
+    f.add_argument("--quality", default="accuracy")
+    f.add_argument("--lower-is-better", action="store_true", help="quality improves downwards (bits_per_char)")
+    f.add_argument("--by", default="task", help="one frontier per value of this column ('' for one overall)")
+    f.add_argument("--task", default=None, help="only rows of this task")
+    f.add_argument("--all", action="store_true", help="print every point with its status, not only the frontier")
+    f.add_argument("--out", default=None, help="write the chart: .html, .png or .svg")
+
+    e = sub.add_parser("export", help="write every stored row to one .parquet or .csv file")
+    e.add_argument("out", help="file to write: .parquet or .csv")
+    e.add_argument("--store", default=None, help="results folder (default: the per-user cache folder)")
+
     args = p.parse_args(argv)
     try:
         return COMMANDS[(args.cmd, getattr(args, "zcmd", None))](args)
@@ -95,8 +121,83 @@ def cmd_table(args) -> int:
     return 0
 
 
+def cmd_sweep(args) -> int:
+    from explorer.store import Store
+    from explorer.sweep import DEFAULT_SPEC, from_spec, load_spec, plan, sweep
+
+    kwargs = from_spec(load_spec(args.file) if args.file else DEFAULT_SPEC)
+    kwargs |= {k: v for k, v in (("n", args.n), ("seed", args.seed)) if v is not None}
+    store = Store(args.store)
+    if args.dry_run:
+        have = store.hashes()
+        for job in plan(**kwargs):
+            print(f"{'stored ' if job.config_hash in have else 'missing'}  {job.config_hash}  {job.model}  "
+                  f"{job.task}  {job.technique!r}")
+        print(f"store: {store.path}")
+        return 0
+    rows = sweep(**kwargs, store=store, executor=args.executor, address=args.address, workers=args.workers)
+    print(f"{rows.height} rows of this sweep in {store.path}")
+    return 0
+
+
+def cmd_frontier(args) -> int:
+    import polars as pl
+
+    from explorer.frontier import chart, frontier
+    from explorer.store import Store
+
+    store = Store(args.store)
+    df = store.frame()
+    if args.task is not None and "task" in df.columns:
+        df = df.filter(pl.col("task") == args.task)
+    if df.height == 0:
+        raise ValueError(f"no stored rows{f' for task {args.task!r}' if args.task else ''} in {store.path}; "
+                         "run `explorer sweep` first")
+    by = args.by or None
+    points = frontier(df, cost=args.cost, quality=args.quality, by=by, maximize=not args.lower_is_better,
+                      keep="all" if args.all else "frontier")
+    # One readable column: the technique and the knobs whose values differ between the points shown.
+    varied = [c for c in points.columns if c.startswith("knob_") and points[c].drop_nulls().n_unique() > 1]
+    label = pl.concat_str([pl.col("technique"), *[pl.when(pl.col(c).is_not_null()).then(
+        pl.lit(f" {c.removeprefix('knob_')}=") + pl.col(c).cast(pl.String)) for c in varied]], ignore_nulls=True)
+    points = points.with_columns(label.alias("config"))
+    cols = ["model", "task", "config", args.cost, args.quality, f"{args.quality}_lo", f"{args.quality}_hi",
+            "frontier_status"]
+    with pl.Config(tbl_rows=200, tbl_cols=30, tbl_width_chars=200):
+        print(points.select([c for c in dict.fromkeys(cols) if c in points.columns]))
+    if args.out:
+        if not args.out.endswith((".html", ".png", ".svg")):
+            raise ValueError(f"--out {args.out!r}; the chart is written as .html, .png or .svg")
+        chart(df, cost=args.cost, quality=args.quality, by=by, maximize=not args.lower_is_better).save(args.out)
+        print(f"wrote {args.out}")
+    print(f"store: {store.path}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    import polars as pl
+
+    from explorer.store import Store
+
+    store = Store(args.store)
+    df = store.frame()
+    if args.out.endswith(".parquet"):
+        df.write_parquet(args.out)
+    elif args.out.endswith(".csv"):
+        nested = [c for c, t in df.schema.items() if isinstance(t, (pl.List, pl.Struct, pl.Array))]
+        if nested:  # CSV holds flat cells only; parquet keeps these
+            print(f"export: leaving out nested columns {', '.join(nested)} (export .parquet to keep them)",
+                  file=sys.stderr)
+        df.drop(nested).write_csv(args.out)
+    else:
+        raise ValueError(f"export to {args.out!r}; give a .parquet or .csv file name")
+    print(f"wrote {df.height} rows to {args.out} from {store.path}")
+    return 0
+
+
 COMMANDS = {("run", None): cmd_run, ("zoo", "list"): cmd_zoo_list, ("zoo", "train"): cmd_zoo_train,
-            ("table", None): cmd_table}
+            ("table", None): cmd_table, ("sweep", None): cmd_sweep, ("frontier", None): cmd_frontier,
+            ("export", None): cmd_export}
 
 if __name__ == "__main__":
     raise SystemExit(main())

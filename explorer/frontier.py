@@ -41,6 +41,7 @@ def frontier(df: pl.DataFrame, *, cost: str = "flops_per_token_analytic", qualit
         raise ValueError(f"keep={keep!r}; valid: {', '.join(map(repr, KEEP))}")
     by = [by] if isinstance(by, str) else list(by or [])
     lo, hi = lo or f"{quality}_lo", hi or f"{quality}_hi"
+    df = with_derived(df, [cost, quality])
     check_columns(df, [cost, quality, *by], "frontier")
     df = usable(df, cost, quality)
     df = df.with_columns(
@@ -100,6 +101,7 @@ def best_under_budget(df: pl.DataFrame, *, budget: float, cost: str = "flops_per
         raise ValueError(f"budget={budget!r}; give a number >= 0 in units of {cost!r}")
     if math.isnan(budget) or budget < 0:
         raise ValueError(f"budget={budget!r}; a budget is a number >= 0 in units of {cost!r} (not NaN)")
+    df = with_derived(df, [cost, quality])
     check_columns(df, [cost, quality], "best_under_budget")
     rows = usable(df, cost, quality)
     fits = rows.filter(pl.col(cost).cast(pl.Float64) <= budget)
@@ -110,6 +112,22 @@ def best_under_budget(df: pl.DataFrame, *, budget: float, cost: str = "flops_per
         return None
     best = fits.sort([quality, cost], descending=[maximize, False], maintain_order=True)
     return best.row(0, named=True)
+
+
+# Costs derived from any row's own columns, so every technique is priced on one axis. Per token
+# hides what repeated sampling spends, so the budget question is asked per problem:
+# generated tokens per problem (all samples of it) times the analytic FLOPs of each.
+DERIVED = {
+    "flops_per_problem_analytic":
+        pl.col("flops_per_token_analytic") * pl.col("tokens_generated") / pl.col("n_examples"),
+}
+
+
+def with_derived(df: pl.DataFrame, columns: Sequence[str]) -> pl.DataFrame:
+    """`df` plus any of `columns` that is a derived cost it lacks and can compute."""
+    add = [DERIVED[c].alias(c) for c in columns if c in DERIVED and c not in df.columns
+           and all(n in df.columns for n in DERIVED[c].meta.root_names())]
+    return df.with_columns(add) if add else df
 
 
 def usable(df: pl.DataFrame, cost: str, quality: str) -> pl.DataFrame:
