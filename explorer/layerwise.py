@@ -204,7 +204,9 @@ class ExitingModel:
         buf.reserve(t + 1)
         h = inner.embed_tokens(ids)
         cos, sin = inner.rotary_emb(h, position_ids=pos)
-        allowed = mask[:, None, None, : t + 1].bool()  # one query: causal is just "not padding"
+        # One query per row: causal is just "not padding". Without padding, no mask at
+        # all, which lets SDPA take its fastest kernel (as transformers does).
+        allowed = None if bool(mask[:, : t + 1].all()) else mask[:, None, None, : t + 1].bool()
         batch = ids.shape[0]
         running, left = live.clone(), torch.zeros(batch, dtype=torch.bool)
         exit_at = torch.zeros(batch, dtype=torch.long)
@@ -223,7 +225,8 @@ class ExitingModel:
                           cache=RowsView(buf, None, t), use_cache=True)
                 hr = h
             else:
-                hr = layer(h[rows], attention_mask=allowed[rows], position_embeddings=(cos[rows], sin[rows]),
+                sub = None if allowed is None else allowed[rows]
+                hr = layer(h[rows], attention_mask=sub, position_embeddings=(cos[rows], sin[rows]),
                            position_ids=pos[rows], cache=RowsView(buf, rows, t), use_cache=True)
                 h[rows] = hr
             depth = i + 1
