@@ -200,29 +200,37 @@ def cast_bf16_(hf, keep: list[torch.nn.Module]) -> None:
         head.register_forward_pre_hook(lambda m, args: tuple(a.float() for a in args))
 
 
-def int8_dynamic_linear(linear: torch.nn.Linear, deq: torch.Tensor) -> torch.nn.Module:
-    """torch's dynamic int8 Linear holding exactly the codes of `deq` (int8, per-row symmetric).
+class Int8DynamicLinear(torch.nn.Linear):
+    """A Linear whose forward is torch's dynamic int8 kernel (fbgemm/oneDNN int8 GEMM).
 
-    `deq` is on the simulated int8 grid (codes times a float16 scale), so the
-    real kernel and the simulation hold the same weights; they differ only in
-    the kernel quantizing activations to 8 bits on each call.
+    The kernel holds the int8 codes and a per-row scale; `weight` keeps their
+    dequantized values so the model reads like any other (`.weight` of every
+    quantized Linear is on its grid, whatever kernel runs it). `deq` must be on
+    the simulated int8 grid (codes times a float16 scale): the real kernel and
+    the simulation then hold the same weights and differ only in the kernel
+    rounding activations to 8 bits (per tensor, on each call).
     """
-    import torch.ao.nn.quantized.dynamic as nnqd
 
-    scale = fp16_scale(deq.abs().amax(1) / 127).double()
-    with warnings.catch_warnings():
-        # torch.ao.quantization is deprecated for torchao, whose int8 CPU path is slower here.
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
-        qweight = torch.quantize_per_channel(deq, scale, torch.zeros_like(scale, dtype=torch.long), 0,
-                                             torch.qint8)
-        mod = nnqd.Linear(linear.in_features, linear.out_features, bias_=linear.bias is not None,
-                          dtype=torch.qint8)
-        mod.set_weight_bias(qweight, None if linear.bias is None else linear.bias.detach().float())
-    return mod
+    def __init__(self, linear: torch.nn.Linear, deq: torch.Tensor):
+        import torch.ao.nn.quantized.dynamic as nnqd
 
+        super().__init__(linear.in_features, linear.out_features, bias=False, device="meta")
+        self.weight = torch.nn.Parameter(deq.float(), requires_grad=False)
+        self.bias = linear.bias
+        scale = fp16_scale(deq.abs().amax(1) / 127).double()
+        with warnings.catch_warnings():
+            # torch.ao.quantization is deprecated for torchao, whose int8 CPU path is slower here.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+            codes = torch.quantize_per_channel(deq, scale, torch.zeros_like(scale, dtype=torch.long), 0,
+                                               torch.qint8)
+            self.kernel = nnqd.Linear(linear.in_features, linear.out_features, bias_=linear.bias is not None,
+                                      dtype=torch.qint8)
+            self.kernel.set_weight_bias(codes, None if linear.bias is None else linear.bias.detach().float())
 
-def dequantized(mod: torch.nn.Module) -> torch.Tensor:
-    """The float32 weight a module computes with, whatever kernel holds it."""
-    w = mod.weight() if callable(mod.weight) else mod.weight
-    return (w.dequantize() if w.is_quantized else w).detach().float()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.kernel(x)
+
+    def codes(self) -> torch.Tensor:
+        """The weight as the int8 kernel holds it, dequantized."""
+        return self.kernel.weight().dequantize()

@@ -142,7 +142,7 @@ class Quantize(Technique):
                 weight_bits[name] = self.bits
                 if kernel == "int8-dynamic" and isinstance(mod, torch.nn.Linear):
                     parent, _, child = name.rpartition(".")
-                    setattr(hf.get_submodule(parent), child, K.int8_dynamic_linear(mod, deq))
+                    setattr(hf.get_submodule(parent), child, K.Int8DynamicLinear(mod, deq))
                 else:
                     mod.weight.copy_(deq)
             if kernel == "bf16":
@@ -208,15 +208,12 @@ def other_bytes(hf, layouts: dict) -> int:
             continue
         seen.add(id(p))
         total += p.numel() * p.element_size()
-    for name, mod in hf.named_modules():  # int8 modules hold their bias inside the packed weight
-        if name in layouts and callable(getattr(mod, "bias", None)) and mod.bias() is not None:
-            total += mod.bias().numel() * 4
     return total
 
 
 def quantized_weights(model) -> dict[str, Any]:
-    """{module name: float32 weight} of every quantized weight, whatever kernel holds it."""
-    return {name: K.dequantized(model.hf.get_submodule(name)) for name in model.tags["quantize"]["layouts"]}
+    """{module name: float32 weight} of every quantized weight (each module's `.weight`, on its grid)."""
+    return {name: model.hf.get_submodule(name).weight.detach().float() for name in model.tags["quantize"]["layouts"]}
 
 
 def levels_per_group(weight, layout: K.Layout) -> int:
