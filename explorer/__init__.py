@@ -13,5 +13,6 @@ from explorer.sweep import grid, sweep
 from explorer.techniques import Baseline, Technique
 from explorer.techniques.quantize import Quantize
 from explorer.techniques.early_exit import EarlyExit
+from explorer.techniques.self_speculative import SelfSpeculative
 
-__all__ = ["Store", "best_under_budget", "compose", "frontier", "grid", "sweep", "Baseline", "Quantize", "EarlyExit", "Model", "ModelNotFound", "Technique", "load", "run", "tasks", "zoo"]
+__all__ = ["Store", "best_under_budget", "compose", "frontier", "grid", "sweep", "Baseline", "Quantize", "EarlyExit", "SelfSpeculative", "Model", "ModelNotFound", "Technique", "load", "run", "tasks", "zoo"]

@@ -270,3 +270,28 @@ class ExitingModel:
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def first_layers(hf, k: int):
+    """A view of `hf` that runs only its first `k` decoder layers, then the shared final norm and head.
+
+    It shares every weight with `hf` (nothing is copied) and is called like any
+    transformers causal LM, with a cache of its own: the draft of LayerSkip's
+    self-speculative decoding.
+    """
+    import copy
+
+    check_supported(hf)
+    depth = hf.config.num_hidden_layers
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < depth:
+        raise ValueError(f"exit_layer={k!r}; this model has {depth} layers, so valid is 1..{depth - 1}")
+    config = copy.deepcopy(hf.config)
+    config.num_hidden_layers = k
+    with torch.device("meta"):  # the shell only: every module is replaced by the original's below
+        view = type(hf)(config)
+    view.model.embed_tokens = hf.model.embed_tokens
+    view.model.layers = torch.nn.ModuleList(list(hf.model.layers[:k]))
+    view.model.norm = hf.model.norm
+    view.model.rotary_emb = hf.model.rotary_emb
+    view.lm_head = hf.lm_head
+    return view.eval()

@@ -207,3 +207,56 @@ def test_a_bad_configuration_is_refused_when_built(kwargs, message):
 def test_min_layers_beyond_the_depth_is_refused_when_run(small):
     with pytest.raises(ValueError, match=r"min_layers=3; this model has 2 layers, so valid is 1\.\.2"):
         ex.run(small, "addition", ex.EarlyExit(min_layers=3), n=2, repeats=1)
+
+
+# ---------------------------------------------------------------- self-speculative decoding (LayerSkip)
+
+from explorer.layerwise import first_layers  # noqa: E402
+from explorer.speculative import speculative_generate  # noqa: E402
+from explorer.techniques.self_speculative import SelfSpeculative  # noqa: E402
+
+
+def test_the_draft_view_shares_the_weights_and_predicts_like_the_exit_layer(mid_model):
+    hf = mid_model.hf
+    view = first_layers(hf, 2)
+    assert view.lm_head.weight.data_ptr() == hf.lm_head.weight.data_ptr()
+    assert [m is n for m, n in zip(view.model.layers, hf.model.layers)] == [True, True]
+    ids = mid_model.tokenizer(prompts(1), return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        states = hf(input_ids=ids, output_hidden_states=True).hidden_states
+        expect = hf.lm_head(hf.model.norm(states[2]))
+        assert torch.equal(view(input_ids=ids).logits, expect)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_self_speculative_greedy_output_is_the_full_models(mid_model, k):
+    ps = prompts(6, seed=2)
+    full = generate(mid_model.hf, mid_model.tokenizer, ps, max_new_tokens=12)
+    tech = SelfSpeculative(exit_layer=k, draft_len=3)
+    out = tech.generate(tech.prepare(mid_model), ps, max_new_tokens=12, seed=0)
+    assert out.tokens == full.tokens
+    assert out.stats.accepted > 0  # the first layers do predict: some drafts survive
+
+
+def test_a_self_speculative_row_reuses_the_speculative_columns(small):
+    row = ex.run(small, "addition", SelfSpeculative(exit_layer=1, draft_len=4), n=8, repeats=1)
+    assert row["technique"] == "self_speculative" and row["knob_exit_layer"] == 1 and row["knob_draft"] == "self"
+    assert row["outputs_match_target_alone"] is True
+    assert row["weight_bytes"] == small.facts.weight_bytes  # the draft adds no weights
+    assert 0 < row["acceptance_rate"] <= 1 and row["tokens_per_target_call"] > 1
+
+
+def test_self_speculative_uses_the_one_speculative_loop(small, monkeypatch):
+    import explorer.techniques.speculative as spec
+
+    calls = []
+    monkeypatch.setattr(spec, "speculative_generate", lambda *a, **k: calls.append(a) or speculative_generate(*a, **k))
+    SelfSpeculative(exit_layer=1).generate(small, prompts(2), max_new_tokens=4, seed=0)
+    assert len(calls) == 1 and calls[0][1].hf.config.num_hidden_layers == 1
+
+
+def test_a_bad_exit_layer_is_refused(small):
+    with pytest.raises(ValueError, match=r"exit_layer=0; valid: an integer from 1"):
+        SelfSpeculative(exit_layer=0)
+    with pytest.raises(ValueError, match=r"SelfSpeculative.exit_layer=2; this model has 2 layers, so valid is 1\.\.1"):
+        ex.run(small, "addition", SelfSpeculative(exit_layer=2), n=2, repeats=1)

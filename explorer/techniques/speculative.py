@@ -57,14 +57,14 @@ class Speculative(Technique):
         except ValueError as err:
             raise ValueError(f"Speculative.{err}") from None
 
-    def draft_model(self):
+    def draft_model(self, target=None):  # target: for a draft made from it (SelfSpeculative)
         return load_draft(self.draft)
 
     def prepare(self, model):
         """The target, checked against the draft; its weight bytes count the draft's too."""
         from explorer.models import Model
 
-        draft = self.draft_model()
+        draft = self.draft_model(model)
         check_pair(model, draft)
         facts = dataclasses.replace(model.facts, weight_bytes=model.facts.weight_bytes + draft.facts.weight_bytes)
         return Model(model.hf, model.tokenizer, facts, {**model.tags, "speculative_draft": self.draft})
@@ -76,7 +76,7 @@ class Speculative(Technique):
         from explorer.generate import encode
 
         enc = encode(model.tokenizer, prompts, model.facts.context - max_new_tokens)
-        return speculative_generate(model, self.draft_model(), enc, draft_len=self.draft_len,
+        return speculative_generate(model, self.draft_model(model), enc, draft_len=self.draft_len,
                                     temperature=self.temperature, max_new_tokens=max_new_tokens,
                                     generator=self.sampler(seed), adaptive=self.adaptive)
 
@@ -116,7 +116,7 @@ class Speculative(Technique):
         row["wall_s_target_alone"] = statistics.median(walls_alone)
         row["speedup_measured"] = row["wall_s_target_alone"] / row["wall_s"]
 
-        draft = self.draft_model()
+        draft = self.draft_model(model)
         enc = model.tokenizer(chunks[0], return_tensors="pt", padding=True)
         c = measure_cost_ratio(model, draft, enc)
         row["cost_ratio_measured"] = c
