@@ -102,7 +102,7 @@ def table(rows: list[dict], lat: dict) -> pl.DataFrame:
             "format": fmt, "bits": r.get("knob_bits", 32), "group": r.get("knob_group_size") or "chan",
             "kernel": r["kernel"], "accuracy": r["accuracy"], "d_acc": r["accuracy"] - base["accuracy"],
             "kl_nats": r["kl_vs_full_nats"], "top1": r["top1_agreement_vs_full"],
-            "d_bpc": r.get("heldout_bits_per_char", full_bpc) - full_bpc,
+            "bpc": r.get("heldout_bits_per_char", full_bpc), "d_bpc": r.get("heldout_bits_per_char", full_bpc) - full_bpc,
             "kB": r["weight_bytes"] / 1e3, "bytes_x": r["weight_bytes"] / base["weight_bytes"],
             "bits_w": r["bits_per_weight"],
             "bitflops_x": r["bit_flops_per_token_analytic"] / base["bit_flops_per_token_analytic"],
@@ -131,9 +131,9 @@ def knees(df: pl.DataFrame) -> list[str]:
                 continue
             b = fell["bits"][0]
             held = g.filter(pl.col("bits") > b)
-            hb = held["bits"][-1] if len(held) else None
             acc = " -> ".join(f"{x}b {a:.2f}" for x, a in zip(g["bits"], g["accuracy"]))
-            lines.append(f"  {fam:18s} group {group:5s}: knee between {hb} and {b} bits   ({acc})")
+            where = f"knee between {held['bits'][-1]} and {b} bits" if len(held) else f"already down at {b} bits"
+            lines.append(f"  {fam:18s} group {group:5s}: {where:26s} ({acc})")
     return lines
 
 
@@ -145,11 +145,13 @@ def equal_bytes(results: dict[str, pl.DataFrame]) -> list[str]:
     pick = [(big, 4, "int", "chan"), (big, 4, "int", "32"), (big, 4, "e2m1", "chan"), (big, 4, "e2m1", "32"),
             (small, 8, "int", "chan"), (small, 8, "e4m3", "chan"), (small, 32, "fp32", "chan"),
             (big, 32, "fp32", "chan")]
-    lines = [f"  {'model':7s} {'format':6s} {'bits':>4s} {'group':>5s} {'kernel':13s} {'kB':>7s} {'accuracy':>8s}"]
+    lines = [f"  {'model':7s} {'format':6s} {'bits':>4s} {'group':>5s} {'kernel':13s} {'kB':>7s} {'accuracy':>8s} "
+             f"{'heldout bpc':>11s}"]
     for name, bits, fmt, group in pick:
         rows = results[name].filter((pl.col("bits") == bits) & (pl.col("format") == fmt) & (pl.col("group") == group))
         for r in rows.iter_rows(named=True):
-            lines.append(f"  {name:7s} {fmt:6s} {bits:4d} {group:>5s} {r['kernel']:13s} {r['kB']:7.1f} {r['accuracy']:8.3f}")
+            lines.append(f"  {name:7s} {fmt:6s} {bits:4d} {group:>5s} {r['kernel']:13s} {r['kB']:7.1f} "
+                         f"{r['accuracy']:8.3f} {r['bpc']:11.3f}")
     return lines
 
 
@@ -159,8 +161,11 @@ def main() -> None:
     ap.add_argument("--task", default="addition")
     ap.add_argument("--n", type=int, default=400)
     ap.add_argument("--repeats", type=int, default=5, help="latency rounds (medians)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--out", default=None, help="write every row to this parquet file")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     names = args.models or [n for n in ex.zoo.names() if (ex.zoo.weights_root() / n / "config.json").exists()]
     task = ex.tasks.get(args.task)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; task {task.name}, n={args.n}; "

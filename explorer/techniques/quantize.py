@@ -117,7 +117,8 @@ class Quantize(Technique):
     def label(self) -> str:
         fmt = f"int{self.bits}" + ("" if self.symmetric else "-asym") if self.format == "int" else \
             f"fp{self.bits}-{self.fp_format}"
-        kept = "".join(s for s, on in (("-keepemb", not self.embeddings), ("-keephead", not self.lm_head)) if on)
+        kept = "".join(s for s, on in (("-keepemb", not self.embeddings), ("-keephead", not self.lm_head),
+                                       ("-sim", self.kernel == "simulated")) if on)
         return f"{fmt}-{'pc' if self.group_size is None else f'g{self.group_size}'}{kept}"
 
     # ----- the technique hooks ---------------------------------------------------------
