@@ -91,6 +91,7 @@ class Ray:
 
         started = not ray.is_initialized()
         if started:
+            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a workshop tool phones nobody
             ray.init(address=self.address, num_cpus=(self.workers or os.cpu_count()) if self.address is None else None,
                      include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": worker_env()})
         actors = []
