@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import statistics
 import time
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 
@@ -28,6 +29,8 @@ from explorer.generate import Generation, positions, strip_eos
 # Beyond 32 proposals a round gains nothing: even at acceptance 0.9 the chance
 # that all 32 survive is 3%, while the draft pays for every one of them.
 MAX_DRAFT_LEN = 32
+
+_PARAMS: "weakref.WeakKeyDictionary[torch.nn.Module, int]" = weakref.WeakKeyDictionary()
 
 
 class Decoder:
@@ -53,7 +56,9 @@ class Decoder:
 
     @property
     def params(self) -> int:
-        return sum(p.numel() for p in self.hf.parameters())
+        if self.hf not in _PARAMS:  # counted once per model: it is checked on every call
+            _PARAMS[self.hf] = sum(p.numel() for p in self.hf.parameters())
+        return _PARAMS[self.hf]
 
     @property
     def vocab_size(self) -> int:
@@ -392,30 +397,39 @@ def emit(out, logp, rows, drafts, n, nxt, lp, eos, max_new_tokens, stats: SpecSt
     return torch.tensor(done, dtype=torch.bool)
 
 
-def step_seconds(side: Decoder, ids, mask, calls: int) -> list[float]:
-    """Seconds of one cached one-token forward of `side`, `calls` times (rolled back each time)."""
+def step_seconds(side: Decoder, ids, mask, calls: int, width: int = 1) -> list[float]:
+    """Seconds of one cached forward of `width` tokens, `calls` times (rolled back each time)."""
     side.start(ids, mask)
-    token, one = ids[:, -1:], torch.ones(ids.shape[0], 1, dtype=torch.bool)
+    tokens, valid = ids[:, -1:].repeat(1, width), torch.ones(ids.shape[0], width, dtype=torch.bool)
     times = []
     for _ in range(calls + 1):
         t = time.perf_counter()
-        side.extend(token, one, last_only=True)
+        side.extend(tokens, valid, last_only=width == 1)
         times.append(time.perf_counter() - t)
-        side.keep(~one)
+        side.keep(~valid)
     return times[1:]  # the first call warms up
 
 
-@torch.inference_mode()
-def measure_cost_ratio(target, draft, input_ids, *, attention_mask=None, calls: int = 30) -> float:
-    """c of Leviathan et al.: the draft's seconds per forward over the target's, medians.
+@dataclass(frozen=True)
+class Costs:
+    cost_ratio: float  # c: one draft forward over one target forward, one token each
+    verify_ratio: float  # one target forward over draft_len + 1 tokens over one of 1 token
 
-    Both run one token on top of the same prompt in their caches, in alternating
-    blocks so a noisy neighbour slows both alike.
+
+@torch.inference_mode()
+def measure_costs(target, draft, input_ids, *, draft_len: int, attention_mask=None, calls: int = 30) -> Costs:
+    """Leviathan's c, and what his model leaves out: a verification call costs more than one token.
+
+    All run on top of the same prompt in their caches, medians over alternating
+    blocks, so a noisy neighbour slows every side alike.
     """
     ids, mask = as_batch(input_ids, attention_mask)
     tgt, drf = as_decoder(target), as_decoder(draft)
-    t, d = [], []
+    one, wide, d = [], [], []
+    block = calls // 3 + 1
     for _ in range(3):
-        t += step_seconds(tgt, ids, mask, calls // 3 + 1)
-        d += step_seconds(drf, ids, mask, calls // 3 + 1)
-    return statistics.median(d) / statistics.median(t)
+        one += step_seconds(tgt, ids, mask, block)
+        wide += step_seconds(tgt, ids, mask, block, width=draft_len + 1)
+        d += step_seconds(drf, ids, mask, block)
+    t = statistics.median(one)
+    return Costs(statistics.median(d) / t, statistics.median(wide) / t)

@@ -15,7 +15,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from explorer.speculative import (MAX_DRAFT_LEN, SpecStats, check_knobs, check_pair, measure_cost_ratio,
+from explorer.speculative import (MAX_DRAFT_LEN, SpecStats, check_knobs, check_pair, measure_costs,
                                   predicted_speedup, speculative_generate)
 from explorer.techniques import Technique, techniques
 
@@ -118,15 +118,17 @@ class Speculative(Technique):
 
         draft = self.draft_model(model)
         enc = model.tokenizer(chunks[0], return_tensors="pt", padding=True)
-        c = measure_cost_ratio(model, draft, enc)
-        row["cost_ratio_measured"] = c
-        # Leviathan's formula assumes a fixed draft length; an adaptive row gets NaN there
-        # and the same cost model fed with the measured tokens per call beside it.
+        costs = measure_costs(model, draft, enc, draft_len=self.draft_len)
+        c = row["cost_ratio_measured"] = costs.cost_ratio
+        row["verify_cost_ratio_measured"] = costs.verify_ratio
+        # Leviathan's formula assumes a fixed draft length and a verification call that
+        # costs one token's forward; it gets NaN for an adaptive row. Beside it, the same
+        # cost model fed with the counts this run made and the verification's real cost.
         alpha = row["acceptance_rate"]
         row["speedup_predicted"] = (predicted_speedup(alpha, self.draft_len, c) if self.adaptive is None
                                     else float("nan"))
-        row["speedup_predicted_from_tokens_per_call"] = row["tokens_per_target_call"] / (
-            row["draft_calls"] / row["target_calls"] * c + 1)
+        row["speedup_predicted_from_counts"] = row["tokens_per_target_call"] / (
+            row["draft_calls"] / row["target_calls"] * c + costs.verify_ratio)
 
         # Analytic FLOPs per emitted token: every position the target verified (rejected
         # ones too) and every draft forward. More FLOPs than the target alone, less time.
