@@ -120,3 +120,13 @@ def test_a_quantized_model_sampled_is_sampling_on_the_quantized_model(tiny):
     assert row["technique"] == "quantize+sampling" and row["knob_bits"] == 4 and row["knob_n"] == 2
     assert row["accuracy"] == by_hand["accuracy"] and row["samples"] == by_hand["samples"]
     assert row["weight_bytes"] == by_hand["weight_bytes"] < tiny.facts.weight_bytes
+
+
+@pytest.mark.skipif(not {"quantize", "speculative"} <= set(techniques), reason="Quantize or Speculative not here")
+def test_a_quantized_target_with_a_draft_counts_both_models_bytes():
+    quantize, speculative = techniques.get("quantize")(bits=8), techniques.get("speculative")(draft="zoo-xs", draft_len=2)
+    target = ex.load("zoo-s")
+    row = ex.run(target, "addition", [speculative, quantize], n=8, repeats=1)
+    assert row["technique"] == "quantize+speculative" and row["knob_bits"] == 8 and row["knob_draft_len"] == 2
+    assert 0 <= row["acceptance_rate"] <= 1 and row["outputs_match_target_alone"]
+    assert row["weight_bytes"] == quantize.prepare(target).facts.weight_bytes + ex.load("zoo-xs").facts.weight_bytes
