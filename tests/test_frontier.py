@@ -118,6 +118,22 @@ def test_budget_above_every_cost_gives_the_best_row():
         assert best_under_budget(BUDGET, budget=math.inf, cost="cost")["tag"] == "d"
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(point, min_size=1, max_size=30), st.integers(-1, 13))
+def test_best_under_budget_is_the_best_affordable_point_and_lies_on_the_frontier(points, budget):
+    df = frame(points)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        best = best_under_budget(df, budget=budget + 0.5, cost="cost", quality="acc") if budget >= 0 else None
+    fits = [r for r in df.to_dicts() if r["cost"] <= budget + 0.5]
+    if budget < 0 or not fits:
+        assert best is None
+        return
+    top = max(r["acc"] for r in fits)
+    assert best["acc"] == top and best["cost"] == min(r["cost"] for r in fits if r["acc"] == top)
+    assert best["id"] in brute_force(df.to_dicts())
+
+
 @pytest.mark.parametrize("budget", [float("nan"), -1, -0.5, "10", None, True])
 def test_nan_negative_or_non_numeric_budget_is_a_clear_error(budget):
     with pytest.raises(ValueError, match=r"budget=.*(>= 0|number)"):
