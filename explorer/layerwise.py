@@ -15,8 +15,14 @@ could not attend to it. We use CALM's state propagation (Schuster et al. 2022,
 section 3.2): the exit layer's hidden state is copied upward and each skipped
 layer computes only its key and value projections from it (input norm, K and V
 matmuls, rotary), no query, attention, output projection or MLP. On the zoo's
-Llama shape (MLP 8/3 of the width) that is 1/6 of a layer's matmul FLOPs; the
-time it takes is measured (`kv_fill_s`).
+Llama shape (MLP 8/3 of the width) that is 1/6 of a layer's matmul FLOPs.
+Because every skipped layer reads the same frozen state, all of them are filled
+at once, when the token leaves: one RMS normalisation, one batched matmul
+against every layer's K and V weights (pre-multiplied by that layer's norm
+weight, `KVFill`), one rotary. At these sizes time goes to per-operation
+overhead more than to arithmetic, so one fill per exit instead of one per
+skipped layer is what lets the time saved follow the FLOPs saved. Its time is
+measured (`kv_fill_s`).
 
 Rows whose input is the end-of-sequence token have finished (the shared loop
 feeds them that token after they stop) and are not run at all.
@@ -80,32 +86,64 @@ class ExitStats:
 
 
 class KVBuffer:
-    """Keys and values of every layer in preallocated tensors (batch, kv heads, positions, head dim).
+    """Keys and values of every layer, preallocated: (layers, batch, kv heads, positions, head dim).
 
     Preallocated rather than concatenated (as DynamicCache does) because a
     layer writes only the rows still running at a position, and the K/V fill
-    writes the others into the same column.
+    writes the others, for many layers at once, into the same column.
     """
 
     def __init__(self, layers: int, batch: int, heads: int, head_dim: int, dtype, capacity: int):
-        shape = (batch, heads, capacity, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype) for _ in range(layers)]
-        self.values = [torch.zeros(shape, dtype=dtype) for _ in range(layers)]
+        shape = (layers, batch, heads, capacity, head_dim)
+        self.keys, self.values = torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
         self.length = 0
 
     def reserve(self, n: int) -> None:
-        cap = self.keys[0].shape[2]
+        cap = self.keys.shape[3]
         if n <= cap:
             return
-        grow = max(n, 2 * cap)
-        for store in (self.keys, self.values):
-            for i, t in enumerate(store):
-                bigger = t.new_zeros(t.shape[0], t.shape[1], grow, t.shape[3])
-                bigger[:, :, :cap] = t
-                store[i] = bigger
+        shape = list(self.keys.shape)
+        shape[3] = max(n, 2 * cap)
+        for name in ("keys", "values"):
+            bigger = self.keys.new_zeros(shape)
+            bigger[:, :, :, :cap] = getattr(self, name)
+            setattr(self, name, bigger)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.length
+
+
+class KVFill:
+    """Every layer's key and value projection, with its input RMSNorm weight folded in.
+
+    RMSNorm is w * x / rms(x), so layer j's keys of a frozen state x are
+    (W_k,j diag(w_j)) (x / rms(x)): one normalisation serves all layers, and one
+    matmul against the stacked folded weights (layers, 2 * kv width, width)
+    gives every skipped layer's keys and values. Costs a copy of the K and V
+    weights (1/6 of a zoo layer's).
+    """
+
+    def __init__(self, hf):
+        layers = list(hf.model.layers)
+        folded = [torch.cat([layer.self_attn.k_proj.weight, layer.self_attn.v_proj.weight])
+                  * layer.input_layernorm.weight for layer in layers]
+        self.weight = torch.stack(folded).detach()  # (layers, 2 kv width, width)
+        bias = [layer.self_attn.k_proj.bias for layer in layers]
+        self.bias = (None if bias[0] is None else torch.stack(
+            [torch.cat([layer.self_attn.k_proj.bias, layer.self_attn.v_proj.bias]) for layer in layers]).detach())
+        self.eps = layers[0].input_layernorm.variance_epsilon
+        self.head_dim = layers[0].self_attn.head_dim
+
+    def __call__(self, x: torch.Tensor, first: int, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values (layers from `first` on, rows, kv heads, head dim) of the frozen states x (rows, width)."""
+        xf = x.float()
+        n = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
+        kv = torch.matmul(n, self.weight[first:].transpose(1, 2))  # (layers, rows, 2 kv width)
+        if self.bias is not None:
+            kv = kv + self.bias[first:, None]
+        k, v = kv.unflatten(-1, (-1, self.head_dim)).chunk(2, dim=2)
+        k = k * cos[None, :, None] + rotate_half(k) * sin[None, :, None]  # rotary, as LlamaAttention does
+        return k, v
 
 
 class RowsView:
@@ -119,7 +157,7 @@ class RowsView:
         self.buf, self.rows, self.t = buf, rows, t
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        k, v, t = self.buf.keys[layer_idx], self.buf.values[layer_idx], self.t
+        k, v, t = self.buf.keys[layer_idx], self.buf.values[layer_idx], self.t  # views into the buffer
         if self.rows is None:
             k[:, :, t : t + 1] = key_states
             v[:, :, t : t + 1] = value_states
@@ -158,12 +196,14 @@ class ExitingModel:
 
     def __init__(self, hf, rule: ExitRule, eos_token_id: int | None):
         check_supported(hf)
-        if rule.min_layers > hf.config.num_hidden_layers:
-            raise ValueError(f"EarlyExit.min_layers={rule.min_layers}; this model has "
-                             f"{hf.config.num_hidden_layers} layers, so valid is 1..{hf.config.num_hidden_layers}")
+        depth = hf.config.num_hidden_layers
+        if rule.min_layers > depth:
+            raise ValueError(f"EarlyExit.min_layers={rule.min_layers}; this model has {depth} layers, "
+                             f"so valid is 1..{depth}")
         self.hf, self.rule, self.eos = hf, rule, eos_token_id
         self.config = hf.config
         self.layers = list(hf.model.layers)
+        self.kv = kv_fill(hf)
         self.stats = ExitStats()
 
     @torch.inference_mode()
@@ -192,79 +232,113 @@ class ExitingModel:
                                 use_cache=True)
             n = ids.shape[1] - 1
             for i, layer in enumerate(out.cache.layers):
-                buf.keys[i][:, :, :n] = layer.keys
-                buf.values[i][:, :, :n] = layer.values
+                buf.keys[i, :, :, :n] = layer.keys
+                buf.values[i, :, :, :n] = layer.values
             buf.length = n
         return buf
 
     def step(self, ids, mask, pos, buf: KVBuffer, live: torch.Tensor) -> torch.Tensor:
-        """One new position per row, layer by layer; returns each row's exit logits (batch, vocab)."""
-        inner, rule, n_layers = self.hf.model, self.rule, len(self.layers)
-        t = buf.length
+        """One new position per row, layer by layer; returns each row's exit logits (batch, vocab).
+
+        The running rows' states are kept compact (only they are passed to a
+        layer) and shrink when rows leave, so a layer never touches a row that left.
+        """
+        inner, rule, depth = self.hf.model, self.rule, len(self.layers)
+        t, batch = buf.length, ids.shape[0]
         buf.reserve(t + 1)
         h = inner.embed_tokens(ids)
         cos, sin = inner.rotary_emb(h, position_ids=pos)
         # One query per row: causal is just "not padding". Without padding, no mask at
         # all, which lets SDPA take its fastest kernel (as transformers does).
         allowed = None if bool(mask[:, : t + 1].all()) else mask[:, None, None, : t + 1].bool()
-        batch = ids.shape[0]
-        running, left = live.clone(), torch.zeros(batch, dtype=torch.bool)
         exit_at = torch.zeros(batch, dtype=torch.long)
         out_logits = torch.zeros(batch, self.config.vocab_size, dtype=h.dtype)
-        top = torch.full((batch,), -1, dtype=torch.long)
-        streak = torch.zeros(batch, dtype=torch.long)
+        rows = None if bool(live.all()) else live.nonzero()[:, 0]  # None: every row, uncompacted
+        run = State(h, cos, sin, pos, allowed).take(rows)
+        top = torch.full((batch if rows is None else rows.numel(),), -1, dtype=torch.long)
+        streak = torch.zeros_like(top)
         first = rule.first_head()
         for i, layer in enumerate(self.layers):
-            if bool(left.any()):
-                self.fill(i, layer, h, left, cos, sin, buf, t)
-            rows = running.nonzero()[:, 0]
-            if rows.numel() == 0:
+            if top.numel() == 0:
+                break
+            run.h = layer(run.h, attention_mask=run.mask, position_embeddings=(run.cos, run.sin),
+                          position_ids=run.pos, cache=RowsView(buf, rows, t), use_cache=True)
+            if i + 1 < first:
                 continue
-            if rows.numel() == batch:
-                h = layer(h, attention_mask=allowed, position_embeddings=(cos, sin), position_ids=pos,
-                          cache=RowsView(buf, None, t), use_cache=True)
-                hr = h
-            else:
-                sub = None if allowed is None else allowed[rows]
-                hr = layer(h[rows], attention_mask=sub, position_embeddings=(cos[rows], sin[rows]),
-                           position_ids=pos[rows], cache=RowsView(buf, rows, t), use_cache=True)
-                h[rows] = hr
-            depth = i + 1
-            if depth < first:
-                continue
-            logits = self.hf.lm_head(inner.norm(hr[:, 0]))
-            if depth == n_layers:
-                go = torch.ones(rows.numel(), dtype=torch.bool)
+            logits = self.hf.lm_head(inner.norm(run.h[:, 0]))
+            if i + 1 == depth:
+                go = torch.ones_like(top, dtype=torch.bool)
+            elif i + 1 < rule.min_layers:
+                go = None
+                if rule.criterion == "agreement":
+                    streak, top = agree(logits, top, streak)
             else:
                 if rule.criterion == "agreement":
-                    now = logits.argmax(-1)
-                    streak[rows] = torch.where(now == top[rows], streak[rows] + 1, 0)
-                    top[rows] = now
-                go = rule.leave(logits, streak[rows]) if depth >= rule.min_layers else torch.zeros_like(rows, dtype=torch.bool)
-            if bool(go.any()):
-                gone = rows[go]
-                out_logits[gone] = logits[go]
-                exit_at[gone] = depth
-                running[gone] = False
-                left[gone] = True
+                    streak, top = agree(logits, top, streak)
+                go = rule.leave(logits, streak)
+            if go is None or not bool(go.any()):
+                continue
+            gone = go.nonzero()[:, 0] if rows is None else rows[go]
+            out_logits[gone] = logits[go]
+            exit_at[gone] = i + 1
+            if i + 1 < depth:
+                self.fill(gone, run.h[go, 0], run.cos[go], run.sin[go], i + 1, buf, t)
+            stay = (~go).nonzero()[:, 0]
+            rows = stay if rows is None else rows[stay]
+            run, top, streak = run.take(stay), top[stay], streak[stay]
         buf.length = t + 1
         self.stats.steps.append(exit_at)
         return out_logits
 
-    def fill(self, i: int, layer, h, rows_mask, cos, sin, buf: KVBuffer, t: int) -> None:
-        """CALM state propagation: keys and values of layer `i` from the rows' frozen exit states."""
+    def fill(self, rows, x, cos, sin, first: int, buf: KVBuffer, t: int) -> None:
+        """CALM state propagation: keys and values of layers `first`.. from the rows' exit states x."""
         start = time.perf_counter()
-        rows = rows_mask.nonzero()[:, 0]
-        attn = layer.self_attn
-        x = layer.input_layernorm(h[rows])  # (rows, 1, width)
-        shape = (rows.numel(), 1, -1, attn.head_dim)
-        k = attn.k_proj(x).view(shape).transpose(1, 2)
-        v = attn.v_proj(x).view(shape).transpose(1, 2)
-        c, s = cos[rows].unsqueeze(1), sin[rows].unsqueeze(1)
-        k = k * c + rotate_half(k) * s  # rotary on keys, as LlamaAttention does
-        buf.keys[i][rows, :, t : t + 1] = k
-        buf.values[i][rows, :, t : t + 1] = v
+        if self.kv is not None:
+            k, v = self.kv(x, first, cos[:, 0], sin[:, 0])
+            buf.keys[first:, rows, :, t] = k
+            buf.values[first:, rows, :, t] = v
+        else:  # layers whose projections are not plain Linear (a quantized kernel): one at a time
+            for j in range(first, len(self.layers)):
+                layer = self.layers[j]
+                attn, xn = layer.self_attn, layer.input_layernorm(x[:, None])
+                k = attn.k_proj(xn).unflatten(-1, (-1, attn.head_dim))[:, 0]  # (rows, kv heads, head dim)
+                k = k * cos + rotate_half(k) * sin
+                buf.keys[j, rows, :, t] = k
+                buf.values[j, rows, :, t] = attn.v_proj(xn).unflatten(-1, (-1, attn.head_dim))[:, 0]
         self.stats.kv_fill_s += time.perf_counter() - start
+
+
+@dataclass
+class State:
+    """The running rows' hidden states and what their layers need, compacted to those rows."""
+
+    h: torch.Tensor
+    cos: torch.Tensor
+    sin: torch.Tensor
+    pos: torch.Tensor
+    mask: torch.Tensor | None
+
+    def take(self, idx: torch.Tensor | None) -> "State":
+        if idx is None:
+            return self
+        return State(self.h[idx], self.cos[idx], self.sin[idx], self.pos[idx],
+                     None if self.mask is None else self.mask[idx])
+
+
+def agree(logits, top, streak) -> tuple[torch.Tensor, torch.Tensor]:
+    """Consecutive layers agreeing on the top-1 token: the streak grows, or restarts at 0."""
+    now = logits.argmax(-1)
+    return torch.where(now == top, streak + 1, 0), now
+
+
+def kv_fill(hf) -> KVFill | None:
+    """The batched fill, when every K/V projection is a plain Linear after an RMSNorm; else None."""
+    for layer in hf.model.layers:
+        attn, norm = layer.self_attn, layer.input_layernorm
+        if not (type(attn.k_proj) is torch.nn.Linear and type(attn.v_proj) is torch.nn.Linear
+                and hasattr(norm, "weight") and hasattr(norm, "variance_epsilon")):
+            return None
+    return KVFill(hf)
 
 
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
