@@ -44,3 +44,18 @@ def test_training_smoke_loss_falls_and_resumes(tmp_path):
     assert facts["loss_history"][-1][1] < 0.6 * first
     m = ex.load(str(tmp_path / "out"))
     assert m.facts.layers == 2
+
+
+@pytest.mark.slow
+def test_zoo_train_cli_writes_a_loadable_model_with_its_card(tmp_path):
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-m", "explorer.cli", "zoo", "train", "zoo-xs", "--steps", "30",
+                    "--out", str(tmp_path), "--jobs", "1"], check=True, capture_output=True)
+    folder = tmp_path / "zoo-xs"
+    card = (folder / "README.md").read_text()
+    assert "| training steps x batch | 30 x 32 |" in card and "Mixed (mean over tasks)" in card
+    for f in ("config.json", "model.safetensors", "tokenizer.json", "eval.json"):
+        assert (folder / f).exists(), f
+    assert ex.load(str(folder)).facts.layers == 1

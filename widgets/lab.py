@@ -1,0 +1,134 @@
+"""`Lab(store)`: controls, the live frontier, the best-under-budget card and a status line.
+
+Controls write only to the `LabState`; the frontier, the card and the status
+line only read from it; the `Runner` is the only thing that runs models.
+"""
+from __future__ import annotations
+
+import html
+import math
+
+import ipywidgets as w
+
+import explorer as ex
+from explorer.frontier import best_under_budget
+from explorer.store import Store
+from widgets.frontier import FrontierView
+from widgets.runner import Runner
+from widgets.state import COST_AXES, TECHNIQUES, LabState
+
+BITS = [2, 3, 4, 5, 6, 8, 16]
+GROUPS = [("per channel", 0), ("32", 32), ("64", 64), ("128", 128)]
+
+
+def bind(control: w.ValueWidget, state: LabState, name: str) -> w.ValueWidget:
+    """Two-way link that respects the state's refusals: a refused value snaps the control back."""
+    def to_state(change):
+        setattr(state, name, change["new"])
+        if getattr(state, name) != change["new"]:
+            control.value = getattr(state, name)
+
+    def to_control(change):
+        if control.value != change["new"]:
+            control.value = change["new"]
+
+    control.value = getattr(state, name)
+    control.observe(to_state, names="value")
+    state.observe(to_control, names=name)
+    return control
+
+
+def controls(state: LabState) -> dict[str, w.Widget]:
+    style = {"description_width": "90px"}
+    c = {
+        "technique": w.ToggleButtons(options=list(TECHNIQUES), description="technique", style=style),
+        "task": w.Dropdown(options=list(ex.tasks.GENERATIVE), description="task", style=style),
+        "models": w.SelectMultiple(options=ex.zoo.names(), description="models", rows=4, style=style),
+        "bits": w.SelectionSlider(options=BITS, description="bits", style=style, continuous_update=False),
+        "format": w.ToggleButtons(options=["int", "fp"], description="format", style=style),
+        "group_size": w.Dropdown(options=GROUPS, description="group size", style=style),
+        "criterion": w.Dropdown(options=["max_prob", "entropy", "agreement"], description="exit when", style=style),
+        "threshold": w.FloatSlider(min=0.5, max=1.0, step=0.01, description="threshold", style=style,
+                                   continuous_update=False),
+        "draft": w.Dropdown(options=ex.zoo.names()[:-1], description="draft", style=style),
+        "draft_len": w.IntSlider(min=1, max=8, description="draft length", style=style, continuous_update=False),
+        "samples": w.Dropdown(options=[4, 8, 16, 32, 64], description="samples", style=style),
+        "k": w.IntSlider(min=1, max=64, description="k", style=style),
+        "budget": w.FloatLogSlider(min=3, max=9, step=0.05, value=1e9, description="budget", style=style),
+        "cost_axis": w.Dropdown(options=list(COST_AXES), description="cost axis", style=style),
+    }
+    for name, control in c.items():
+        if name != "budget":
+            bind(control, state, name)
+    c["budget"].observe(lambda ch: setattr(state, "budget", ch["new"]), names="value")
+    state.observe(lambda ch: setattr(c["k"], "max", ch["new"]), names="samples")
+    return c
+
+
+def best_card(state: LabState, store: Store, df=None) -> str:
+    df = store.frame() if df is None else df
+    if df.height == 0 or "accuracy" not in df.columns:
+        return "<div class='tx-card'>no runs yet</div>"
+    df = df.filter((df["task"] == state.task) & df["accuracy"].is_not_null())
+    budget = state.budget if not math.isinf(state.budget) else float("inf")
+    try:
+        best = best_under_budget(df, budget=budget, cost=state.cost_axis, quality="accuracy")
+    except ValueError as err:
+        return f"<div class='tx-card'>{html.escape(str(err))}</div>"
+    if best is None:
+        return f"<div class='tx-card'>nothing fits a budget of {state.budget:.3g} {state.cost_axis}</div>"
+    knobs = ", ".join(f"{k[5:]}={v}" for k, v in best.items() if k.startswith("knob_") and v is not None)
+    return (f"<div class='tx-card'><b>best under {state.budget:.3g} {html.escape(state.cost_axis)}</b>: "
+            f"{html.escape(best['model'])} {html.escape(best['technique'])} {html.escape(knobs)}<br>"
+            f"accuracy {best['accuracy']:.3f} [{best['accuracy_lo']:.3f}, {best['accuracy_hi']:.3f}] at "
+            f"{best[state.cost_axis]:.4g} {html.escape(state.cost_axis)}</div>")
+
+
+class Lab(w.VBox):
+    """The dashboard. `Lab(store)` or `Lab("results/")`; `Lab()` uses the per-user store."""
+
+    def __init__(self, store: Store | str | None = None, *, state: LabState | None = None,
+                 autostart: bool = True, **selection):
+        self.store = store if isinstance(store, Store) else Store(store)
+        self.state = state or LabState(**selection)
+        self.frontier = FrontierView(self.state, self.store)
+        self.card = w.HTML()
+        self.status = w.HTML()
+        self.progress = w.FloatProgress(min=0, max=1, layout=w.Layout(width="200px"))
+        self.controls = controls(self.state)
+        c = self.controls
+        panels = {
+            "baseline": [],
+            "quantize": [c["bits"], c["format"], c["group_size"]],
+            "early_exit": [c["criterion"], c["threshold"]],
+            "speculative": [c["draft"], c["draft_len"]],
+            "sampling": [c["samples"], c["k"]],
+        }
+        knobs = w.VBox()
+
+        def show_panel(_=None):
+            knobs.children = panels[self.state.technique]
+
+        show_panel()
+        self.state.observe(show_panel, names="technique")
+        self.state.observe(lambda ch: self._status(), names=["status", "busy"])
+        self.state.observe(lambda ch: setattr(self.progress, "value", ch["new"]), names="progress")
+        self.state.observe(lambda ch: self._card(), names=["budget", "cost_axis", "task"])
+        left = w.VBox([c["technique"], c["task"], c["models"], knobs, c["cost_axis"], c["budget"]],
+                      layout=w.Layout(min_width="380px"))
+        right = w.VBox([self.frontier.widget, self.card])
+        super().__init__([w.HBox([left, right]), w.HBox([self.progress, self.status])])
+        self.add_class("tx-lab")
+        self.runner = Runner(self.state, self.store, on_rows=self.refresh, autostart=autostart)
+
+    def refresh(self) -> None:
+        df = self.store.frame()
+        self.frontier.refresh(df)
+        self._card(df)
+
+    def _card(self, df=None) -> None:
+        self.card.value = best_card(self.state, self.store, df)
+
+    def _status(self) -> None:
+        mark = "⏳ " if self.state.busy else ""
+        self.status.value = f"<span class='tx-status'>{mark}{html.escape(self.state.status)}</span>"

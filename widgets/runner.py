@@ -1,0 +1,118 @@
+"""The runner: the only part of the lab that asks the engine for runs.
+
+It watches the state store. When the selection needs rows the results store
+lacks, it runs them on one background thread (torch releases the GIL inside
+its kernels, so the kernel's UI stays responsive), debounced so a slider
+dragged across ten values starts one run, not ten. A newer selection
+supersedes an older one: the worker checks before each run and drops stale
+work. A run already started finishes and is stored (finished work is never
+thrown away). Filters (budget, cost axis, k) are not watched: they never run
+a model.
+"""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Callable
+
+from explorer.executors import Job, run_job
+from explorer.store import Store
+from explorer.sweep import plan
+from explorer.techniques import Baseline
+from widgets.state import FILTERS, LabState
+
+REPEATS = 1  # one timed pass per live run: the lab favours a fast answer; sweeps can repeat
+
+
+class Runner:
+    def __init__(self, state: LabState, store: Store, *, debounce_s: float = 0.3,
+                 on_rows: Callable[[], None] | None = None, autostart: bool = True):
+        self.state, self.store = state, store
+        self.debounce_s = debounce_s
+        self.on_rows = on_rows or (lambda: None)
+        self.models: dict = {}  # loaded models, shared by every run of this lab
+        self.runs_started = 0
+        self._generation = 0
+        self._timer: threading.Timer | None = None
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-runner")
+        self.last: Future | None = None
+        watched = [n for n in state.trait_names()
+                   if n not in FILTERS and n not in ("status", "busy", "progress", "selected")]
+        state.observe(self._changed, names=watched)
+        if autostart:
+            self.schedule()
+
+    def jobs(self) -> list[Job]:
+        """What the current selection shows: each chosen model as is, and under the technique."""
+        s = self.state
+        techniques = [Baseline()]
+        if s.technique != "baseline":
+            techniques.append(s.technique_config())
+        return plan(s.models, s.task, techniques, n=s.n, seed=s.seed, repeats=REPEATS)
+
+    def missing(self) -> list[Job]:
+        have = self.store.hashes()
+        return [j for j in self.jobs() if j.config_hash not in have]
+
+    def _changed(self, change) -> None:
+        with self._lock:
+            self._generation += 1  # anything queued before this change is stale now
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer = threading.Timer(self.debounce_s, self.schedule)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def schedule(self) -> Future | None:
+        """Queue the runs the selection lacks; returns the future of that batch (None if cached)."""
+        with self._lock:
+            self._generation += 1
+            generation = self._generation
+        try:
+            todo = self.missing()
+        except (ValueError, KeyError) as err:
+            self.state.status = f"cannot run this selection: {err}"
+            return None
+        if not todo:
+            self.state.status = f"{len(self.jobs())} runs, all in the store"
+            self.on_rows()
+            return None
+        self.state.busy = True
+        self.last = self._pool.submit(self._work, generation, todo)
+        return self.last
+
+    def _work(self, generation: int, todo: list[Job]) -> int:
+        done = 0
+        try:
+            for i, job in enumerate(todo):
+                if generation != self._generation:
+                    self.state.status = "selection changed: dropped the older runs"
+                    return done
+                self.state.progress = i / len(todo)
+                self.state.status = f"running {job.model} {job.technique.name} on {job.task} ({i + 1}/{len(todo)})"
+                self.runs_started += 1
+                row = run_job(job, self.models)
+                self.store.add(row)
+                done += 1
+                self.on_rows()
+            self.state.progress = 1.0
+            self.state.status = f"{done} new runs stored in {self.store.path}"
+        except Exception as err:  # a failed run must reach the status line, not vanish in a thread
+            self.state.status = f"run failed: {type(err).__name__}: {err}"
+        finally:
+            if generation == self._generation:
+                self.state.busy = False
+        return done
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until pending work is done (for tests and scripts, never for the UI)."""
+        if self._timer is not None:
+            self._timer.join(timeout)
+        if self.last is not None:
+            self.last.result(timeout)
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,45 @@
+"""Technique views as anywidgets: each ES module sits beside its Python class.
+
+They hold no data of their own beyond what they draw: a caller (the lab, or a
+notebook) sets their traits from a run, and the front end redraws on change.
+"""
+from __future__ import annotations
+
+import pathlib
+
+import anywidget
+import traitlets as t
+
+HERE = pathlib.Path(__file__).parent
+
+
+class SpecStreamView(anywidget.AnyWidget):
+    """Speculative decoding, one target call at a time: drafted tokens kept (green),
+    rejected (red, struck through) and the token the target added itself (blue)."""
+
+    _esm = HERE / "spec_stream.js"
+    _css = HERE / "views.css"
+    calls = t.List(t.Dict()).tag(sync=True)  # [{"accepted": [str], "rejected": [str], "bonus": str}]
+    title = t.Unicode("").tag(sync=True)
+
+
+class ExitMapView(anywidget.AnyWidget):
+    """Early exit, token by layer: each column is a generated token, filled up to the
+    layer where it left."""
+
+    _esm = HERE / "exit_map.js"
+    _css = HERE / "views.css"
+    tokens = t.List(t.Unicode()).tag(sync=True)
+    exit_layers = t.List(t.Int()).tag(sync=True)  # 1-based layer each token left at
+    n_layers = t.Int(1).tag(sync=True)
+    title = t.Unicode("").tag(sync=True)
+
+
+class CurveView(anywidget.AnyWidget):
+    """Quality over sample count k (pass@k, majority@k, best-of-k), with the slider's k marked."""
+
+    _esm = HERE / "curves.js"
+    _css = HERE / "views.css"
+    curves = t.Dict().tag(sync=True)  # {"pass@k": [[k, value], ...], ...}
+    k = t.Int(1).tag(sync=True)
+    title = t.Unicode("").tag(sync=True)
