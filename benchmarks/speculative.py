@@ -1,7 +1,8 @@
 """Speculative decoding on the largest zoo target: measured, predicted, and transformers' peer.
 
 For each draft model and draft length, at batch size 1 (the only size
-transformers' assisted generation takes) on the mixed generative tasks:
+transformers' assisted generation takes), on the mixed generative tasks or on
+continuations of held-out text:
 
 - acceptance rate alpha and tokens per target call of our loop;
 - cost ratio c: the draft's seconds per one-token forward over the target's;
@@ -17,6 +18,7 @@ hits them alike; speed-ups are ratios of medians over repeats. Greedy outputs
 of all three speculative paths are checked against the target alone.
 
     python benchmarks/speculative.py                     # target zoo-l, drafts xs, s, m, g = 1..8
+    python benchmarks/speculative.py --workload text    # long generations (48 tokens)
     python benchmarks/speculative.py --target zoo-m --drafts zoo-xs --n 12 --repeats 3
 """
 from __future__ import annotations
@@ -39,9 +41,14 @@ from explorer.generate import generate, strip_eos  # noqa: E402
 from explorer.speculative import SpecStats, measure_costs, predicted_speedup, speculative_generate  # noqa: E402
 
 
-def workload(n: int, seed: int) -> list[tuple[str, int]]:
-    """(prompt, max_new_tokens) for n mixed-task examples."""
-    return [(e.prompt, task.max_new_tokens) for task, e in ex.tasks.mixed(n, seed)]
+def workload(kind: str, n: int, seed: int) -> list[tuple[str, int]]:
+    """(prompt, max_new_tokens): n mixed-task examples (answers of 6-11 tokens), or n
+    continuations of 48 characters from 32-character openings of the held-out text."""
+    if kind == "tasks":
+        return [(e.prompt, task.max_new_tokens) for task, e in ex.tasks.mixed(n, seed)]
+    text = ex.tasks.heldout_text()
+    step = (len(text) - 32) // n
+    return [(text[i * step : i * step + 32], 48) for i in range(n)]
 
 
 def timed(fn) -> tuple[list, float]:
@@ -128,7 +135,8 @@ def main(argv=None) -> None:
     ap.add_argument("--target", default="zoo-l")
     ap.add_argument("--drafts", nargs="+", default=["zoo-xs", "zoo-s", "zoo-m"])
     ap.add_argument("--lengths", nargs="+", type=int, default=list(range(1, 9)))
-    ap.add_argument("--n", type=int, default=24, help="prompts (mixed tasks), decoded one at a time")
+    ap.add_argument("--workload", choices=["tasks", "text"], default="tasks")
+    ap.add_argument("--n", type=int, default=24, help="prompts, decoded one at a time")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -136,7 +144,7 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
 
     target = ex.load(args.target)
-    work = workload(args.n, args.seed)
+    work = workload(args.workload, args.n, args.seed)
     rows = []
     with torch.inference_mode():
         for name in args.drafts:
@@ -149,7 +157,7 @@ def main(argv=None) -> None:
     df = pl.DataFrame(rows)
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=400, float_precision=2, tbl_hide_column_data_types=True,
                    tbl_hide_dataframe_shape=True, tbl_formatting="ASCII_MARKDOWN"):
-        print(f"\ntarget {args.target}, batch size 1, {args.n} mixed prompts, greedy, "
+        print(f"\ntarget {args.target}, batch size 1, {args.n} {args.workload} prompts, greedy, "
               f"medians of {args.repeats} interleaved repeats, {args.threads} thread(s)")
         print(df)
         best = df.sort("speedup_measured", descending=True).group_by("draft", maintain_order=True).first()

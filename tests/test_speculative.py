@@ -1,4 +1,3 @@
-import copy
 import dataclasses
 from collections import Counter
 
@@ -9,6 +8,7 @@ from scipy.stats import chisquare
 import explorer as ex
 from explorer import tasks as T
 from explorer.generate import encode, generate
+from explorer.layerwise import first_layers
 from explorer.speculative import Decoder, predicted_speedup, speculative_generate
 
 SIGNIFICANCE = 1e-3  # a correct sampler fails one seed in a thousand; the seeds below are fixed
@@ -28,18 +28,6 @@ def prompts_of(n_per_task: int, seed: int) -> list[str]:
     return [e.prompt for t in T.GENERATIVE for e in T.get(t).examples(n_per_task, seed)]
 
 
-def first_layers(model, k: int):
-    """A view of `model` that runs only its first k layers (weights shared), as LayerSkip drafts."""
-    hf = copy.copy(model.hf)
-    hf.model = copy.copy(hf.model)
-    hf.model._modules = dict(hf.model._modules)
-    hf.model.layers = torch.nn.ModuleList(list(model.hf.model.layers)[:k])
-    hf.config = copy.deepcopy(model.hf.config)
-    hf.config.num_hidden_layers = k
-    hf.model.config = hf.config
-    return dataclasses.replace(model, hf=hf)
-
-
 # --- greedy: the output is the target's, token for token -------------------------------------------
 
 @pytest.mark.parametrize("draft_len", [1, 2, 3, 5, 8])
@@ -56,7 +44,7 @@ def test_greedy_batched_output_is_the_target_alone_over_many_prompts(target, dra
 
 @pytest.mark.parametrize("draft_len", [1, 4, 7])
 def test_greedy_one_prompt_at_a_time_is_the_target_alone(target, draft, draft_len):
-    for p in prompts_of(3, seed=11):
+    for p in [""] + prompts_of(3, seed=11):  # "": the prompt is the start token alone
         alone = generate(target.hf, target.tokenizer, [p], max_new_tokens=10)
         spec = speculative_generate(target, draft, target.tokenizer(p)["input_ids"], draft_len=draft_len,
                                     temperature=0.0, max_new_tokens=10)
@@ -76,7 +64,8 @@ def test_first_layers_of_the_target_work_as_a_draft(zoo_models):
     target = zoo_models["zoo-m"]
     prompts = prompts_of(4, seed=5)
     alone = generate(target.hf, target.tokenizer, prompts, max_new_tokens=10)
-    spec = speculative_generate(target, first_layers(target, 2), encode(target.tokenizer, prompts, 200),
+    view = dataclasses.replace(target, hf=first_layers(target.hf, 2))  # weights shared, not copied
+    spec = speculative_generate(target, view, encode(target.tokenizer, prompts, 200),
                                 draft_len=3, temperature=0.0, max_new_tokens=10)
     assert spec.tokens == alone.tokens
     assert spec.stats.accepted > 0
