@@ -1,6 +1,6 @@
 """Quantization across the zoo: format x bits x group size, side by side in one run.
 
-For every zoo model, one table: accuracy on a generative task, KL and top-1
+For every zoo model, one table: accuracy (mean over the generative tasks), KL and top-1
 agreement of next-token distributions against the full-precision model on the
 held-out text, bits per character, bytes, bit-FLOPs, and latency ratios against
 full precision. Latency is reported only for kernels that really ran (bf16,
@@ -12,7 +12,7 @@ load hits all alike; ratios are medians over repeats.
 Then: where accuracy falls (the knee) per format and grouping, and the largest
 model at 4 bits against the next-smaller model at 8 bits, at about equal bytes.
 
-    python benchmarks/quantize.py                       # every zoo model, addition, n=400
+    python benchmarks/quantize.py                       # every zoo model, the four tasks, n=200 each
     python benchmarks/quantize.py --models zoo-xs --n 100 --repeats 3
 """
 from __future__ import annotations
@@ -76,18 +76,24 @@ def latency(model, task, variants: dict[str, ex.Model], repeats: int) -> dict[st
                 for w in workloads} for v in variants}
 
 
-def model_rows(name: str, task, n: int, repeats: int) -> tuple[list[dict], dict]:
+def record(model, q: Quantize | None, tasks: list[str], n: int) -> dict:
+    """One configuration: its row from explorer.run on the first task, with accuracy averaged over all."""
+    row = ex.run(model, tasks[0], q, n=n, repeats=1)
+    if q is None:
+        row |= {"kernel": "fp32", "kl_vs_full_nats": 0.0, "top1_agreement_vs_full": 1.0, "bits_per_weight": 32.0,
+                "bit_flops_per_token_analytic": bit_flops_per_token(model)}
+    variant = model if q is None else q.apply(model)  # prepared once for the remaining tasks
+    accs = [row["accuracy"]] + [ex.run(variant, t, n=n, repeats=1)["accuracy"] for t in tasks[1:]]
+    return row | {f"acc_{t[:3]}": a for t, a in zip(tasks, accs)} | {"accuracy": statistics.mean(accs)}
+
+
+def model_rows(name: str, tasks: list[str], n: int, repeats: int) -> tuple[list[dict], dict]:
     model = ex.load(name)
-    base = ex.run(model, task, n=n, repeats=1)
-    base |= {"kernel": "fp32", "wall_s_is_kernel": True, "kl_vs_full_nats": 0.0, "top1_agreement_vs_full": 1.0,
-             "bits_per_weight": 32.0, "bit_flops_per_token_analytic": bit_flops_per_token(model)}
-    rows = [base]
-    for q in configs(model.facts.width):
-        rows.append(ex.run(model, task, q, n=n, repeats=1))
+    rows = [record(model, q, tasks, n) for q in [None, *configs(model.facts.width)]]
     kernels = {"fp32": model, "bf16": Quantize(bits=16, format="fp").apply(model),
                "int8-dynamic": Quantize(bits=8).apply(model),
                "simulated int4": Quantize(bits=4).apply(model)}
-    return rows, latency(model, task, kernels, repeats)
+    return rows, latency(model, ex.tasks.get(tasks[0]), kernels, repeats)
 
 
 def table(rows: list[dict], lat: dict) -> pl.DataFrame:
@@ -101,6 +107,7 @@ def table(rows: list[dict], lat: dict) -> pl.DataFrame:
         out.append({
             "format": fmt, "bits": r.get("knob_bits", 32), "group": r.get("knob_group_size") or "chan",
             "kernel": r["kernel"], "accuracy": r["accuracy"], "d_acc": r["accuracy"] - base["accuracy"],
+            **{k: v for k, v in r.items() if k.startswith("acc_")},
             "kl_nats": r["kl_vs_full_nats"], "top1": r["top1_agreement_vs_full"],
             "bpc": r.get("heldout_bits_per_char", full_bpc), "d_bpc": r.get("heldout_bits_per_char", full_bpc) - full_bpc,
             "kB": r["weight_bytes"] / 1e3, "bytes_x": r["weight_bytes"] / base["weight_bytes"],
@@ -108,7 +115,6 @@ def table(rows: list[dict], lat: dict) -> pl.DataFrame:
             "bitflops_x": r["bit_flops_per_token_analytic"] / base["bit_flops_per_token_analytic"],
             # Only a kernel that really ran has a latency; a simulation's time is fp32 time.
             "lat_b64_x": lat[r["kernel"]]["decode_b64"] if real else None,
-            "lat_b1_x": lat[r["kernel"]]["decode_b1"] if real else None,
             "lat_score_x": lat[r["kernel"]]["score_255tok"] if real else None,
         })
     return pl.DataFrame(out).with_columns(pl.col("group").cast(pl.String))
@@ -158,8 +164,8 @@ def equal_bytes(results: dict[str, pl.DataFrame]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", nargs="*", default=None, help="zoo names (default: all trained ones)")
-    ap.add_argument("--task", default="addition")
-    ap.add_argument("--n", type=int, default=400)
+    ap.add_argument("--tasks", nargs="*", default=list(ex.tasks.GENERATIVE), help="accuracy is their mean")
+    ap.add_argument("--n", type=int, default=200, help="examples per task")
     ap.add_argument("--repeats", type=int, default=5, help="latency rounds (medians)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--out", default=None, help="write every row to this parquet file")
@@ -167,8 +173,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     names = args.models or [n for n in ex.zoo.names() if (ex.zoo.weights_root() / n / "config.json").exists()]
-    task = ex.tasks.get(args.task)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; task {task.name}, n={args.n}; "
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; accuracy = mean over "
+          f"{', '.join(args.tasks)} (n={args.n} each); "
           f"latency = median ratio to fp32 over {args.repeats} interleaved rounds")
     results, every = {}, []
     pl.Config.set_tbl_rows(-1)
@@ -177,7 +183,7 @@ def main() -> None:
     pl.Config.set_float_precision(3)
     for name in names:
         t = time.time()
-        rows, lat = model_rows(name, task, args.n, args.repeats)
+        rows, lat = model_rows(name, args.tasks, args.n, args.repeats)
         every += rows
         results[name] = df = table(rows, lat)
         print(f"\n== {name}: {rows[0]['model_params']:,} params, {rows[0]['model_layers']} x {rows[0]['model_width']} "
