@@ -30,6 +30,7 @@ feeds them that token after they stop) and are not run at all.
 from __future__ import annotations
 
 import time
+import weakref
 from dataclasses import dataclass, field
 
 import torch
@@ -64,7 +65,8 @@ class ExitRule:
             return logits.float().softmax(-1).amax(-1) > self.threshold
         if self.criterion == "entropy":
             lp = logits.float().log_softmax(-1)
-            return -(lp.exp() * lp).sum(-1).clamp(min=0) < self.threshold
+            entropy = -(lp.exp() * lp).sum(-1)
+            return entropy.clamp(min=0) < self.threshold  # clamp: rounding can dip a certain token below 0
         return streak >= self.threshold
 
 
@@ -203,7 +205,9 @@ class ExitingModel:
         self.hf, self.rule, self.eos = hf, rule, eos_token_id
         self.config = hf.config
         self.layers = list(hf.model.layers)
-        self.kv = kv_fill(hf)
+        if hf not in _FILLS:
+            _FILLS[hf] = kv_fill(hf)
+        self.kv = _FILLS[hf]
         self.stats = ExitStats()
 
     @torch.inference_mode()
@@ -329,6 +333,10 @@ def agree(logits, top, streak) -> tuple[torch.Tensor, torch.Tensor]:
     """Consecutive layers agreeing on the top-1 token: the streak grows, or restarts at 0."""
     now = logits.argmax(-1)
     return torch.where(now == top, streak + 1, 0), now
+
+
+# Folded K/V weights per model, built once: the technique wraps the model anew for every batch.
+_FILLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def kv_fill(hf) -> KVFill | None:
