@@ -14,7 +14,9 @@ from explorer.techniques import Baseline, Technique
 from explorer.techniques.quantize import Quantize
 from explorer.techniques.early_exit import EarlyExit
 from explorer.techniques.self_speculative import SelfSpeculative
+from explorer.aggregate import pass_at_k
+from explorer.techniques.sampling import Sampling
 from explorer.speculative import speculative_generate
 from explorer.techniques.speculative import Speculative
 
-__all__ = ["Store", "best_under_budget", "compose", "frontier", "grid", "sweep", "Baseline", "Quantize", "EarlyExit", "SelfSpeculative", "Speculative", "speculative_generate", "Model", "ModelNotFound", "Technique", "load", "run", "tasks", "zoo"]
+__all__ = ["Store", "best_under_budget", "compose", "frontier", "grid", "sweep", "Baseline", "Quantize", "EarlyExit", "SelfSpeculative", "Sampling", "Speculative", "speculative_generate", "pass_at_k", "Model", "ModelNotFound", "Technique", "load", "run", "tasks", "zoo"]
