@@ -26,10 +26,12 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import explorer as ex  # noqa: E402
 from explorer.generate import generate  # noqa: E402
+from explorer.techniques.sampling import Samples  # noqa: E402
 
 
 def hf_sample(model, prompt: str, n: int, max_new_tokens: int, seed: int) -> int:
@@ -98,13 +100,30 @@ def curve_table(model, task_name: str, n: int, problems: int, temperature: float
         prev = r["pass_at_k"]
         print(f"| {k} | {r['pass_at_k']:.3f} | {gain} | {r['majority_at_k']:.3f} | {r['best_logprob_at_k']:.3f} "
               f"| {r['best_verifier_at_k']:.3f} | {r['tokens_generated']:.0f} |")
-    print(f"sample accuracy (pass@1) per difficulty: "
-          + ", ".join(f"d{d} {v:.2f}" for d, v in per_difficulty(row).items()))
+    slope, r2 = loglinear(c["k"].to_numpy(), c["pass_at_k"].to_numpy())
+    print(f"pass@k ~ a + b log2 k over k = 1, 2, 4, ..: b = {slope:+.3f} per doubling, R^2 = {r2:.3f}")
+    print("| difficulty | pass@1 | pass@" + str(n) + " | majority@" + str(n) + " | b per doubling | R^2 |")
+    print("|---|---|---|---|---|---|")
+    s = Samples.of(row)
+    for d in sorted(set(s.difficulty.tolist())):
+        keep = s.difficulty == d
+        sub = Samples([a for a, k in zip(s.answers, keep) if k], s.correct[keep], s.logprob[keep],
+                      s.tokens[keep], s.difficulty[keep])
+        cd = ex.Sampling.curves(sub)
+        b, r2 = loglinear(cd["k"].to_numpy(), cd["pass_at_k"].to_numpy())
+        print(f"| {d} | {cd['pass_at_k'][0]:.3f} | {cd['pass_at_k'][-1]:.3f} | {cd['majority_at_k'][-1]:.3f} "
+              f"| {b:+.3f} | {r2:.3f} |")
 
 
-def per_difficulty(row) -> dict[int, float]:
-    s = ex.techniques.sampling.Samples.of(row)
-    return {int(d): float(s.correct[s.difficulty == d].mean()) for d in sorted(set(s.difficulty.tolist()))}
+def loglinear(k, p) -> tuple[float, float]:
+    """Least-squares fit of p on log2 k: (gain per doubling, R^2)."""
+    # Fit on k = 1, 2, 4, ...: evenly spaced in log k, so large k does not outvote small k.
+    keep = (k & (k - 1)) == 0
+    x, p = np.log2(k[keep]), p[keep]
+    b, a = np.polyfit(x, p, 1)
+    resid = p - (a + b * x)
+    total = ((p - p.mean()) ** 2).sum()
+    return float(b), float(1 - (resid**2).sum() / total) if total > 0 else float("nan")
 
 
 def main() -> None:
