@@ -141,6 +141,9 @@ class Sampling(Technique):
 
     The headline `accuracy` is `aggregator` at `k` (n when not given); the row also
     carries every aggregator on the k grid 1, 2, 4, ..., n and the samples themselves.
+    Aggregators are exact expectations over k-subsets of the n samples (no resampling
+    noise); a majority tie is split evenly, equal best-of-k scores go to the earlier
+    draw (see explorer/aggregate.py). The verifier's errors are drawn with the run's seed.
     """
 
     name: ClassVar[str] = "sampling"
