@@ -30,8 +30,17 @@ class Job:
     batch_size: int = 64
 
 
+@dataclass(frozen=True)
+class Failed:
+    """A configuration its technique refused for this model (a ValueError), e.g. a draft no smaller
+    than its target. The sweep reports it and goes on; it is not stored, so a fixed version runs."""
+
+    job: Job
+    error: str
+
+
 class Executor(Protocol):
-    def map(self, jobs: Sequence[Job]) -> Iterator[dict[str, Any]]: ...
+    def map(self, jobs: Sequence[Job]) -> Iterator[dict[str, Any] | Failed]: ...
 
 
 executors: Registry[type] = Registry("executor")
@@ -54,6 +63,13 @@ def run_job(job: Job, models: dict) -> dict[str, Any]:
     return row
 
 
+def try_job(job: Job, models: dict) -> dict[str, Any] | Failed:
+    try:
+        return run_job(job, models)
+    except ValueError as err:  # a refused configuration; any other error is a bug and stops the sweep
+        return Failed(job, str(err))
+
+
 @executors.register("local")
 class Local:
     """In this process, one run at a time (torch uses every core for each run)."""
@@ -65,9 +81,9 @@ class Local:
             raise ValueError(f"workers={workers!r}; the local executor runs one job at a time (use executor='ray')")
         self.models: dict = {}
 
-    def map(self, jobs: Sequence[Job]) -> Iterator[dict[str, Any]]:
+    def map(self, jobs: Sequence[Job]) -> Iterator[dict[str, Any] | Failed]:
         for job in jobs:
-            yield run_job(job, self.models)
+            yield try_job(job, self.models)
 
 
 @executors.register("ray")
@@ -85,7 +101,7 @@ class Ray:
             raise ValueError(f"workers={workers!r}; give a positive number of Ray workers, or None for one per CPU")
         self.address, self.workers = address, workers
 
-    def map(self, jobs: Sequence[Job]) -> Iterator[dict[str, Any]]:
+    def map(self, jobs: Sequence[Job]) -> Iterator[dict[str, Any] | Failed]:
         import ray
         from ray.util import ActorPool
 
@@ -118,8 +134,8 @@ class Worker:
         torch.set_num_threads(1)
         self.models: dict = {}
 
-    def run(self, job: Job) -> dict[str, Any]:
-        return run_job(job, self.models)
+    def run(self, job: Job) -> dict[str, Any] | Failed:
+        return try_job(job, self.models)
 
 
 def worker_env() -> dict[str, str]:

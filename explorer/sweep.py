@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import sys
+import warnings
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import polars as pl
 
 from explorer import tasks as T
-from explorer.executors import Job
+from explorer.executors import Failed, Job
 from explorer.executors import get as get_executor
 from explorer.store import KEY, Store
 from explorer.techniques import Baseline, Technique, techniques as registry
@@ -152,13 +153,24 @@ def sweep(models: Sequence[str] | str, tasks: Sequence[str] | str, techniques=No
         print(f"sweep: {len(jobs)} configurations, {len(jobs) - len(todo)} already in {store.path}", file=sys.stderr)
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="run", disable=not progress,
                desc=f"sweep ({executor})", file=sys.stderr)
+    failed: list[Failed] = []
     try:
         for row in run_with.map(todo):
-            store.add(row)
-            bar.set_postfix_str(f"{row['model']} {row['task']} {row['technique']}", refresh=False)
+            if isinstance(row, Failed):
+                failed.append(row)
+            else:
+                store.add(row)
+                bar.set_postfix_str(f"{row['model']} {row['task']} {row['technique']}", refresh=False)
             bar.update(1)
     finally:
         bar.close()
+    if failed:
+        groups: dict[tuple, list[str]] = {}
+        for f in failed:
+            groups.setdefault((f.job.model, repr(f.job.technique), f.error), []).append(f.job.task)
+        lines = "\n".join(f"  {m} {t} on {', '.join(ts)}: {e}" for (m, t, e), ts in groups.items())
+        warnings.warn(f"sweep: {len(failed)} of {len(jobs)} configurations were refused and not stored:\n{lines}",
+                      stacklevel=2)
     wanted = {j.config_hash for j in jobs}
     return store.frame().filter(pl.col(KEY).is_in(list(wanted)))
 
@@ -185,7 +197,13 @@ DEFAULT_SPEC: dict[str, Any] = {
     "repeats": 1,
     "techniques": [
         {"name": "baseline"},
+        {"name": "quantize", "bits": [2, 4, 8]},
+        {"name": "early_exit", "threshold": [0.6, 0.9]},
         {"name": "sampling", "n": [4, 16], "aggregator": "majority"},
+        {"name": "speculative", "draft": "zoo-xs", "draft_len": [4]},
+        # The joint space no single paper draws: a 4-bit model sampled, a 4-bit model exiting early.
+        {"compose": [{"name": "quantize", "bits": [4]}, {"name": "sampling", "n": [8]}]},
+        {"compose": [{"name": "quantize", "bits": [4]}, {"name": "early_exit", "threshold": [0.9]}]},
     ],
 }
 

@@ -1,3 +1,4 @@
+import dataclasses
 import os
 import signal
 import subprocess
@@ -5,6 +6,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import ClassVar
 
 import polars as pl
 import pytest
@@ -84,6 +86,22 @@ def test_bad_sweep_arguments_are_named(tmp_path):
         sweep(["zoo-xs"], ["sort"], store=tmp_path, n=0)
     with pytest.raises(ValueError, match="not a technique"):
         sweep(["zoo-xs"], ["sort"], [Sampling], store=tmp_path, n=4)
+
+
+@dataclasses.dataclass(frozen=True)
+class Refuses(ex.Technique):
+    name: ClassVar[str] = "refuses"
+
+    def prepare(self, model):
+        raise ValueError(f"Refuses: not for {model.name}")
+
+
+def test_a_refused_configuration_is_reported_and_the_rest_are_stored(tmp_path):
+    with pytest.warns(UserWarning, match=r"(?s)1 of 3 configurations were refused.*zoo-xs Refuses\(\) on sort: "
+                                         r"Refuses: not for zoo-xs"):
+        rows = sweep(["zoo-xs"], ["sort"], [ex.Baseline(), Refuses(), Sampling(n=2)], store=tmp_path, n=8,
+                     progress=False)
+    assert sorted(rows["technique"]) == ["baseline", "sampling"] and len(Store(tmp_path)) == 2
 
 
 KILLABLE = textwrap.dedent("""
