@@ -114,12 +114,30 @@ class Lab(w.VBox):
         self.state.observe(lambda ch: self._status(), names=["status", "busy"])
         self.state.observe(lambda ch: setattr(self.progress, "value", ch["new"]), names="progress")
         self.state.observe(lambda ch: self._card(), names=["budget", "cost_axis", "task"])
+        self.state.observe(lambda ch: self.select(ch["new"]), names="selected")
         left = w.VBox([c["technique"], c["task"], c["models"], knobs, c["cost_axis"], c["budget"]],
                       layout=w.Layout(min_width="380px"))
         right = w.VBox([self.frontier.widget, self.card])
         super().__init__([w.HBox([left, right]), w.HBox([self.progress, self.status])])
         self.add_class("tx-lab")
         self.runner = Runner(self.state, self.store, on_rows=self.refresh, autostart=autostart)
+
+    def select(self, row: dict) -> None:
+        """Put a clicked run's configuration into the state (its rows are cached: no new run)."""
+        if not row:
+            return
+        knobs = {"group_size": 0} if row.get("technique") == "quantize" else {}
+        for key, value in row.items():
+            name = key[5:] if key.startswith("knob_") else None
+            name = {"n": "samples"}.get(name, name) if row.get("technique") == "sampling" else name
+            if name in self.state.trait_names() and value is not None:
+                knobs[name] = value
+        with self.state.hold_trait_notifications():
+            if row.get("technique") in TECHNIQUES:
+                self.state.technique = row["technique"]
+            for name, value in knobs.items():
+                setattr(self.state, name, value)
+        self.state.status = f"selected {row.get('model')} {row.get('technique')} from the chart"
 
     def refresh(self) -> None:
         df = self.store.frame()

@@ -1,0 +1,94 @@
+"""The lab at the Python level: state, runner, chart data. The browser test is in test_browser.py."""
+import threading
+
+import pytest
+
+from widgets.lab import Lab
+from widgets.runner import Runner
+from widgets.state import LabState
+
+
+@pytest.fixture()
+def lab(tmp_path):
+    lab = Lab(tmp_path / "store", models=["zoo-xs", "zoo-s"], technique="quantize", bits=8, n=12)
+    lab.runner.wait(120)
+    yield lab
+    lab.runner.close()
+
+
+def chart_rows(lab):
+    return lab.frontier.widget.spec["datasets"]["rows"]
+
+
+def test_the_first_view_runs_the_selection_and_draws_it(lab):
+    rows = chart_rows(lab)
+    assert {(r["model"], r["technique"]) for r in rows} == {
+        ("zoo-xs", "baseline"), ("zoo-s", "baseline"), ("zoo-xs", "quantize"), ("zoo-s", "quantize")}
+    assert len(lab.store) == 4 and "best under" in lab.card.value
+
+
+def test_a_state_change_changes_the_chart_data_in_place(lab):
+    chart_obj = lab.frontier.widget
+    lab.state.bits = 3
+    lab.runner.wait(120)
+    labels = {r["label"] for r in chart_rows(lab)}
+    assert any("bits=3" in label for label in labels) and any("bits=8" in label for label in labels)
+    assert lab.frontier.widget is chart_obj  # the same chart on screen, new data
+
+
+def test_filters_never_run_a_model(lab):
+    before, updates = lab.runner.runs_started, lab.frontier.updates
+    lab.state.budget = 300_000
+    lab.state.cost_axis = "flops_per_token_analytic"
+    lab.state.samples = 16
+    lab.state.k = 4
+    lab.runner.wait(30)
+    assert lab.runner.runs_started == before
+    assert lab.frontier.widget.params.budget == 300_000
+    assert lab.frontier.widget.params.cost_axis == "flops_per_token_analytic"
+    assert "300,000" in lab.card.value or "3e+05" in lab.card.value
+
+
+@pytest.mark.parametrize("name,bad", [("bits", 1), ("bits", 17), ("budget", -5.0), ("group_size", -3),
+                                      ("threshold", 1.5), ("task", "additon"), ("k", 99)])
+def test_invalid_values_are_refused_in_the_status_line(lab, name, bad):
+    before = getattr(lab.state, name)
+    setattr(lab.state, name, bad)
+    assert getattr(lab.state, name) == before
+    assert f"refused {name}={bad!r}" in lab.state.status
+    assert f"refused {name}" in lab.status.value
+
+
+def test_a_refused_control_snaps_back(lab):
+    lab.controls["group_size"].value = 128  # does not divide zoo-xs's width 64: refused at run time
+    lab.runner.wait(60)
+    assert "128" in lab.state.status or lab.state.group_size == 128
+
+
+def test_a_stale_run_is_superseded(tmp_path):
+    from explorer.store import Store
+
+    state = LabState(models=["zoo-xs"], technique="quantize", bits=8, n=8)
+    runner = Runner(state, Store(tmp_path / "s"), autostart=False, debounce_s=0.05)
+    gate = threading.Event()
+    runner._pool.submit(gate.wait)  # hold the worker so the first batch waits in the queue
+    first = runner.schedule()
+    state.bits = 4  # the user moves on before the first batch starts
+    gate.set()
+    assert first.result(60) == 0  # nothing of the stale batch ran
+    runner.wait(60)
+    hashes = runner.store.hashes()
+    assert {j.config_hash for j in runner.jobs()} <= hashes  # the new selection ran
+    assert len(hashes) == 2  # baseline + 4-bit; the 8-bit run was dropped
+    runner.close()
+
+
+def test_clicking_a_point_selects_its_configuration(lab):
+    lab.state.bits = 4
+    lab.runner.wait(120)
+    target = next(r for r in chart_rows(lab) if "bits=8" in r["label"] and r["model"] == "zoo-s")
+    # What the front end writes when a point is clicked:
+    signal = {"vlPoint": {"or": [{"config_hash": target["config_hash"]}]}}
+    lab.frontier.widget._vl_selections = {"pick": {"value": signal, "store": []}}
+    assert lab.state.selected["config_hash"] == target["config_hash"]
+    assert lab.state.bits == 8 and lab.state.technique == "quantize"
