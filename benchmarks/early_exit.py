@@ -7,12 +7,15 @@ saving, both per generated token and against the full model (`Baseline`, the
 shared decoding loop) at the same batch size, and the ratio of the two savings.
 
 Early exit saves on generated tokens only; the prompt runs every layer in both.
-So the headline compares like with like: the FLOPs saving per generated token
-against the wall-clock saving of the decode phase (each row's wall time minus
-the prompt's full-depth prefill, timed alone in the same run). End-to-end
-figures (prompt included, in FLOPs and in time) are shown beside it.
-Every configuration of a model is timed in turn within each repeat, so drift in
-machine load hits all alike; wall figures are medians over repeats.
+And the baseline's first token comes out of its prompt pass, while early exit
+gives the first token a step of its own (so that it can exit too). So the
+headline compares like with like: the steady decode, every generated token but
+each example's first, FLOPs saving against wall-clock saving per token. The
+saving over all generated tokens and end to end (prefill and first token
+included, in time) are shown beside it.
+Timing is paired: per batch, the prefill alone and every configuration run
+back to back (order rotated each repeat), so drift in machine load hits all
+alike; wall figures are medians over repeats.
 
 Then per model: whether accuracy and the mean exit layer move together across
 thresholds (Spearman), and the wall/FLOPs ratio against the target of 0.7.
@@ -47,64 +50,83 @@ DEFAULT_THRESHOLDS = {"max_prob": (1.0, 0.999, 0.99, 0.95, 0.9, 0.8, 0.6, 0.4, 0
 TARGET = 0.7  # wall-clock saving should be at least this share of the FLOPs saving
 
 
-def prefill_seconds(model, task, *, n: int, batch_size: int, seed: int) -> float:
-    """The prompt's full-depth forward alone, batch by batch, as the shared loop runs it."""
-    prompts = [e.prompt for e in task.examples(n, seed)]
-    start = time.perf_counter()
+def prefill(model, prompts: list[str]) -> None:
+    """The prompt's full-depth forward alone, as the shared loop runs it."""
+    enc = encode(model.tokenizer, prompts, model.facts.context)
     with torch.inference_mode():
-        for i in range(0, n, batch_size):
-            enc = encode(model.tokenizer, prompts[i : i + batch_size], model.facts.context)
-            model.hf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                     position_ids=positions(enc["attention_mask"]), use_cache=True, logits_to_keep=1)
-    return time.perf_counter() - start
+        model.hf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                 position_ids=positions(enc["attention_mask"]), use_cache=True, logits_to_keep=1)
 
 
 def measure(model, task, techniques: list, *, n: int, batch_size: int, repeats: int, seed: int):
-    """One row per technique (wall_s the median over repeats, timed in turn) and the prefill's seconds."""
-    rows: list[dict | None] = [None] * len(techniques)
-    walls: list[list[float]] = [[] for _ in techniques]
-    prefill = []
-    prefill_seconds(model, task, n=batch_size, batch_size=batch_size, seed=seed)  # warm-up: first calls are slow
-    for tech in techniques:
-        ex.run(model, task, tech, n=batch_size, seed=seed, repeats=1, batch_size=batch_size)
-    for _ in range(repeats):
-        prefill.append(prefill_seconds(model, task, n=n, batch_size=batch_size, seed=seed))
-        for i, tech in enumerate(techniques):
-            row = ex.run(model, task, tech, n=n, seed=seed, repeats=1, batch_size=batch_size)
-            walls[i].append(row["wall_s"])
-            rows[i] = rows[i] or row
-    for row, w in zip(rows, walls):
-        row["wall_s"] = statistics.median(w)
-    return rows, statistics.median(prefill)
+    """One row per technique (accuracy, exits, FLOPs, from `explorer.run`) with paired timings.
+
+    Timing is paired per batch: the prompt's prefill alone and every technique
+    decode the same batch back to back (order rotated each repeat), so a noisy
+    neighbour slows them alike; this machine is shared and two cores are few.
+    Each row gets `wall_s` (the whole decode) and `first_s` (the part that made
+    the first token: for the baseline the prefill, for early exit its first
+    call), medians over repeats.
+    """
+    rows = [ex.run(model, task, t, n=n, seed=seed, repeats=1, batch_size=batch_size) for t in techniques]
+    prompts = [e.prompt for e in task.examples(n, seed)]
+    chunks = [prompts[i : i + batch_size] for i in range(0, n, batch_size)]
+    jobs = [lambda c: prefill(model, c)] + [
+        (lambda c, t=t: t.generate(model, c, max_new_tokens=task.max_new_tokens, seed=seed)) for t in techniques]
+    wall = [[0.0] * repeats for _ in jobs]
+    first = [[0.0] * repeats for _ in jobs]
+    for r in range(repeats):
+        for chunk in chunks:
+            for k in range(len(jobs)):
+                j = (k + r) % len(jobs)
+                start = time.perf_counter()
+                out = jobs[j](chunk)
+                took = time.perf_counter() - start
+                wall[j][r] += took
+                first[j][r] += out.exits.first_s if hasattr(out, "exits") else took
+    for i, row in enumerate(rows, start=1):
+        row["wall_s"] = statistics.median(wall[i])
+        row["first_s"] = statistics.median(first[i] if i > 1 else first[0])  # the baseline's: its prefill
+    return rows
 
 
-def table(model, task, rows: list[dict], prefill_s: float, criterion: str, batch_size: int, n: int, seed: int):
-    """Savings per generated token: in the decode phase (the prompt's prefill, the same for
-    every row, subtracted) and end to end (prompt included, in FLOPs and in time)."""
+def steady_flops_saving(model, row: dict) -> float:
+    """FLOPs saving over every generated token but each example's first (the steady decode)."""
+    from explorer.techniques.early_exit import exit_flops
+
+    later = [e for per_example in row["exit_layers"] for e in per_example[1:]]
+    ctx = (row["flops_per_token_full_analytic"] - flops_per_token(model.hf.config, 0)) / (
+        flops_per_token(model.hf.config, 1) - flops_per_token(model.hf.config, 0))
+    cost = exit_flops(model.hf.config, ctx, later, ex.EarlyExit(row["knob_criterion"], row["knob_threshold"],
+                                                                 row["knob_min_layers"]).rule().first_head())
+    return 1 - cost["flops_per_token_analytic"] / cost["flops_per_token_full_analytic"]
+
+
+def table(model, rows: list[dict], criterion: str, batch_size: int, n: int) -> pl.DataFrame:
+    """Savings per generated token. The headline pair is the steady decode: every token but
+    each example's first, whose cost hides in the baseline's prefill (early exit gives the
+    first token a step of its own, so it can exit too). End to end is beside it."""
     base, exits = rows[0], rows[1:]
-    prompt_tokens = sum(len(model.tokenizer(e.prompt)["input_ids"]) for e in task.examples(n, seed))
 
-    def decode_s(r):
-        return (r["wall_s"] - prefill_s) / r["tokens_generated"]
+    def steady_s(r):  # seconds per token after the first
+        return (r["wall_s"] - r["first_s"]) / (r["tokens_generated"] - n)
 
     out = []
     for r in exits:
-        flops = r["flops_saving_analytic"]
-        wall = 1 - decode_s(r) / decode_s(base)
-        full, ran = r["flops_per_token_full_analytic"], r["flops_per_token_analytic"]
-        prompt_flops = prompt_tokens * flops_per_token(model.hf.config, prompt_tokens / n / 2)
-        gen = r["tokens_generated"]
+        flops = steady_flops_saving(model, r)
+        wall = 1 - steady_s(r) / steady_s(base)
         out.append({"model": model.name, "layers": model.facts.layers, "batch": batch_size,
                     "criterion": criterion, "threshold": r["knob_threshold"], "accuracy": r["accuracy"],
                     "exit_layer_mean": r["exit_layer_mean"], "flops_saving": flops, "wall_saving": wall,
                     "wall_over_flops": wall / flops if flops > 0.02 else None,
-                    "e2e_flops_saving": gen * (full - ran) / (prompt_flops + gen * full),
-                    "e2e_wall_saving": 1 - (r["wall_s"] / gen) / (base["wall_s"] / base["tokens_generated"]),
-                    "kv_fill_time_share": r["kv_fill_share"], "tokens": gen})
+                    "all_tokens_flops_saving": r["flops_saving_analytic"],
+                    "e2e_wall_saving": 1 - (r["wall_s"] / r["tokens_generated"]) / (
+                        base["wall_s"] / base["tokens_generated"]),
+                    "kv_fill_time_share": r["kv_fill_share"], "tokens": r["tokens_generated"]})
     frame = pl.DataFrame(out)
     print(f"\n{model.name} ({model.facts.layers} layers x {model.facts.width}), batch {batch_size}: "
-          f"full model accuracy {base['accuracy']:.3f}, decode {decode_s(base) * 1e3:.3f} ms/token, "
-          f"prefill {prefill_s / (base['wall_s']) * 100:.0f}% of its wall time")
+          f"full model accuracy {base['accuracy']:.3f}, {steady_s(base) * 1e3:.3f} ms per token after the first, "
+          f"prefill {base['first_s'] / base['wall_s'] * 100:.0f}% of its wall time")
     print(frame.drop("model", "layers", "batch", "criterion"))
     return frame
 
@@ -137,7 +159,9 @@ def main(argv=None) -> None:
     p.add_argument("--batch-sizes", default="1,64")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=None)
+    # One thread by default: on a shared 2-core machine, two OpenMP threads fighting other
+    # processes made decoding 10-20x slower and wildly noisy (measured here); one is steady.
+    p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="write the table as parquet here")
     a = p.parse_args(argv)
     if a.threads:
@@ -157,8 +181,8 @@ def main(argv=None) -> None:
             continue  # one layer: nowhere to exit to
         techs = [ex.Baseline()] + [ex.EarlyExit(a.criterion, t, min_layers=a.min_layers) for t in thresholds]
         for b in [int(x) for x in a.batch_sizes.split(",")]:
-            rows, prefill_s = measure(model, task, techs, n=a.n, batch_size=b, repeats=a.repeats, seed=a.seed)
-            frames.append(table(model, task, rows, prefill_s, a.criterion, b, a.n, a.seed))
+            rows = measure(model, task, techs, n=a.n, batch_size=b, repeats=a.repeats, seed=a.seed)
+            frames.append(table(model, rows, a.criterion, b, a.n))
     frame = pl.concat(frames)
     summary(frame)
     if a.out:
