@@ -253,7 +253,7 @@ class ExitingModel:
         The running rows' states are kept compact (only they are passed to a
         layer) and shrink when rows leave, so a layer never touches a row that left.
         """
-        inner, rule, depth = self.hf.model, self.rule, len(self.layers)
+        inner, depth = self.hf.model, len(self.layers)
         t, batch = buf.length, ids.shape[0]
         buf.reserve(t + 1)
         h = inner.embed_tokens(ids)
@@ -267,7 +267,7 @@ class ExitingModel:
         run = State(h, cos, sin, pos, allowed).take(rows)
         top = torch.full((batch if rows is None else rows.numel(),), -1, dtype=torch.long)
         streak = torch.zeros_like(top)
-        first = rule.first_head()
+        first = self.rule.first_head()
         for i, layer in enumerate(self.layers):
             if top.numel() == 0:
                 break
@@ -276,16 +276,7 @@ class ExitingModel:
             if i + 1 < first:
                 continue
             logits = self.hf.lm_head(inner.norm(run.h[:, 0]))
-            if i + 1 == depth:
-                go = torch.ones_like(top, dtype=torch.bool)
-            elif i + 1 < rule.min_layers:
-                go = None
-                if rule.criterion == "agreement":
-                    streak, top = agree(logits, top, streak)
-            else:
-                if rule.criterion == "agreement":
-                    streak, top = agree(logits, top, streak)
-                go = rule.leave(logits, streak)
+            go, top, streak = self.decide(i + 1, logits, top, streak)
             if go is None or not bool(go.any()):
                 continue
             gone = go.nonzero()[:, 0] if rows is None else rows[go]
@@ -299,6 +290,16 @@ class ExitingModel:
         buf.length = t + 1
         self.stats.steps.append(exit_at)
         return out_logits
+
+    def decide(self, layer: int, logits, top, streak):
+        """Which running rows leave after `layer` (None: none may yet), and the agreement state."""
+        if self.rule.criterion == "agreement":
+            streak, top = agree(logits, top, streak)
+        if layer == len(self.layers):
+            return torch.ones_like(top, dtype=torch.bool), top, streak
+        if layer < self.rule.min_layers:
+            return None, top, streak
+        return self.rule.leave(logits, streak), top, streak
 
     def fill(self, rows, x, cos, sin, first: int, buf: KVBuffer, t: int) -> None:
         """CALM state propagation: keys and values of layers `first`.. from the rows' exit states x."""

@@ -160,6 +160,21 @@ def test_a_long_generation_with_exits_matches_a_reference_recomputation(mid_mode
         assert float(chosen.sum()) == pytest.approx(logprob, abs=1e-3)
 
 
+def test_the_layer_by_layer_fill_for_quantized_projections_equals_the_batched_one(mid_model):
+    from explorer.layerwise import ExitingModel
+
+    ps, rule = prompts(6, seed=4), ex.EarlyExit("max_prob", 0.7)
+    fused = ExitingModel(mid_model.hf, rule.rule(), mid_model.tokenizer.eos_token_id)
+    assert fused.kv is not None  # plain Linear projections: the batched fill
+    plain = ExitingModel(mid_model.hf, rule.rule(), mid_model.tokenizer.eos_token_id)
+    plain.kv = None  # what a model with quantized (non-Linear) projections gets
+    a = generate(fused, mid_model.tokenizer, ps, max_new_tokens=16)
+    b = generate(plain, mid_model.tokenizer, ps, max_new_tokens=16)
+    assert a.tokens == b.tokens and fused.stats.per_row() == plain.stats.per_row()
+    assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+    assert any(e < mid_model.facts.layers for row in plain.stats.per_row() for e in row)
+
+
 # ---------------------------------------------------------------- the result row
 
 def test_a_row_keeps_every_token_exit_layer_and_counts_what_ran(mid_model):
