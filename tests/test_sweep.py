@@ -210,3 +210,41 @@ def test_ray_rows_equal_local_rows(tmp_path):
     remote = sweep(**kw, store=tmp_path / "ray", executor="ray", workers=2)
     assert remote.height == local.height == 10
     assert comparable(remote) == comparable(local)
+
+
+@pytest.fixture
+def ray_head():
+    """A Ray head started from the command line with two CPUs, as a user would start a cluster;
+    `--block` ties its processes to this one, so terminating it takes the cluster down."""
+    import socket
+    import tempfile
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
+    # Token auth is Ray's default for `ray start` but not for a driver; a loopback test cluster needs neither.
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
+    log = Path(temp) / "head.log"
+    with open(log, "w") as out:
+        head = subprocess.Popen(["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+                                 "--include-dashboard=false", f"--temp-dir={temp}"], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 150
+    while "block forever" not in log.read_text() and head.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "block forever" in log.read_text(), log.read_text()[-2000:]
+    yield f"127.0.0.1:{port}"
+    head.terminate()
+    head.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_ray_rows_from_an_existing_cluster_equal_local_rows(tmp_path, ray_head, monkeypatch):
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    kw = dict(models=["zoo-xs", "zoo-s"], tasks=["sort", "shakespeare"], techniques=[ex.Baseline(), Sampling(n=2)],
+              n=16, progress=False)
+    remote = sweep(**kw, store=tmp_path / "ray", executor="ray", address=ray_head)
+    local = sweep(**kw, store=tmp_path / "local")
+    assert remote.height == local.height == 6
+    assert comparable(remote) == comparable(local)
