@@ -94,6 +94,10 @@ class Ray:
     is started and shut down afterwards; with an address (``"127.0.0.1:6379"``,
     ``"ray://host:10001"`` or ``"auto"``) an existing cluster is joined, and left running.
     Rows come back to this process, which stores them, so workers need no shared disk.
+    Workers import this engine through PYTHONPATH (set below), so a remote cluster needs it
+    installed at the same path or as a package. Recent Ray starts `ray start` clusters with
+    token auth on while a driver sends no token by default: set RAY_AUTH_MODE=token here (or
+    disabled on both sides) when joining one.
     """
 
     def __init__(self, address: str | None = None, workers: int | None = None):
