@@ -80,7 +80,7 @@ def chart(rows: list[dict[str, Any]], *, budget: float = math.inf, cost_axis: st
     title = alt.Title(text="best accuracy per cost: the Pareto frontier",
                       subtitle="cost axis and budget are live params; dashed: frontier")
     return alt.layer(bars, points, line, rule, title=title).add_params(budget_p, axis_p).properties(
-        width=520, height=300, datasets={DATA: rows})
+        width=430, height=280, datasets={DATA: rows}).configure_legend(orient="bottom", columns=4)
 
 
 def with_rows(spec: dict, rows: list[dict[str, Any]], params: dict[str, Any]) -> dict:
