@@ -19,7 +19,6 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from scipy.linalg import toeplitz
 from scipy.special import comb, gammaln
 
 # Exact subset counts are float64; C(1024, 512) ~ 4.5e306 is the last that fits.
@@ -124,11 +123,12 @@ def majority_curve(answers: Sequence[Sequence[str]], correct: np.ndarray,
     ks = check_ks(ks, n)
     if n > MAX_SAMPLES:
         raise ValueError(f"n={n} samples per problem; exact majority supports up to {MAX_SAMPLES}")
-    total = comb(n, np.arange(n + 1))
+    binom = comb(np.arange(n + 1)[:, None], np.arange(n + 1)[None, :])  # binom[a, b] = C(a, b), once
+    total = binom[n]
     out = np.empty((correct.shape[0], len(ks)))
     for p, (ans, ok) in enumerate(zip(answers, correct)):
         counts, right = answer_classes(ans, ok)
-        wins = sum((majority_wins(counts[c], np.delete(counts, c), n) for c in np.flatnonzero(right)),
+        wins = sum((majority_wins(counts[c], np.delete(counts, c), binom) for c in np.flatnonzero(right)),
                    np.zeros(n + 1))
         out[p] = wins[ks] / total[ks]
     return out
@@ -148,27 +148,34 @@ def answer_classes(answers: Sequence[str], correct: np.ndarray) -> tuple[np.ndar
     return counts, right
 
 
-def majority_wins(m: int, others: np.ndarray, n: int) -> np.ndarray:
+def majority_wins(m: int, others: np.ndarray, binom: np.ndarray) -> np.ndarray:
     """wins[k]: k-subsets in which one class of `m` votes wins, ties counted 1/(s+1).
 
     Hand-written (no library computes this): for each vote count t of the class,
     a generating function in x (subset size) and y (classes tied at t) counts the
     ways the other classes stay at or below t.
     """
+    n = binom.shape[0] - 1
     wins = np.zeros(n + 1)
+    size = int(others.sum()) + 1  # the others can fill at most this many - 1 places
+    lag = np.subtract.outer(np.arange(size), np.arange(size))
+    lag = np.where(lag >= 0, lag, size)  # size: beyond every t, so masked out below
     for t in range(1, m + 1):
         small = int(others[others < t].sum())
         big = others[others >= t]
         # Classes below t can never tie or win: together they contribute (1+x)^small.
-        poly = np.zeros((n + 1, len(big) + 1))
-        poly[: small + 1, 0] = comb(small, np.arange(small + 1))
+        # At most (size-1)//t classes can tie at t, which bounds the y axis.
+        poly = np.zeros((size, min(len(big), (size - 1) // t) + 1))
+        poly[: small + 1, 0] = binom[small, : small + 1]
         for mj in big:
-            below = np.zeros(n + 1)
-            below[:t] = comb(mj, np.arange(t))
-            shift = toeplitz(below, np.zeros(n + 1))  # polynomial product as a matrix
-            tied = np.zeros_like(poly)
-            tied[t:, 1:] = comb(mj, t) * poly[: n + 1 - t, :-1]
-            poly = shift @ poly + tied
-        ways = poly @ (1.0 / np.arange(1, len(big) + 2))
-        wins[t:] += comb(m, t) * ways[: n + 1 - t]
+            # x^i for i < t (stays below t) as a Toeplitz matrix product, then x^t y (ties at t).
+            if t == 1:  # the commonest case (many one-vote answers); the product is the identity
+                new = poly.copy()
+            else:
+                new = np.where(lag < t, binom[mj, np.minimum(lag, t)], 0.0) @ poly
+            new[t:, 1:] += binom[mj, t] * poly[: size - t, :-1]
+            poly = new
+        ways = poly @ (1.0 / np.arange(1, poly.shape[1] + 1))
+        j = min(size, n + 1 - t)
+        wins[t : t + j] += binom[m, t] * ways[:j]
     return wins

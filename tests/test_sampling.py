@@ -83,6 +83,9 @@ def test_a_majority_tie_splits_the_vote_evenly():
     assert agg.majority_curve([["7", "3"]], np.array([[True, False]]), [2])[0, 0] == pytest.approx(1 / 2)
     three = agg.majority_curve([["7", "3", "5"]], np.array([[True, False, False]]), [3])[0, 0]
     assert three == pytest.approx(1 / 3)
+    # Two answers with 32 votes each out of 64: by symmetry every k is a coin flip.
+    even = agg.majority_curve([["7"] * 32 + ["3"] * 32], np.array([[True] * 32 + [False] * 32]))
+    assert np.allclose(even, 0.5)
     # A clear plurality wins outright, even with less than half the votes.
     assert agg.majority_curve([["7", "7", "3", "5"]], np.array([[1, 1, 0, 0]], bool), [4])[0, 0] == 1.0
 
