@@ -125,7 +125,7 @@ for _task in (
          (1, 2, 3, 4, 5), WIDTH + 2, _make=_multiplication),
     Task("sort", "generate", "sort a string of 2*d digits (difficulty d = 1..5)",
          (1, 2, 3, 4, 5), 2 * 5 + 1, _make=_sort),
-    Task("shakespeare", "likelihood", "bits per character on a held-out Shakespeare passage",
+    Task("shakespeare", "likelihood", "bits per character on a held-out Shakespeare passage (64-char windows)",
          metric="bits_per_char"),
 ):
     tasks.register(_task.name)(_task)

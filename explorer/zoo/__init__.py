@@ -36,7 +36,7 @@ class Spec:
 FAMILY: tuple[Spec, ...] = (
     Spec("zoo-xs", layers=1, width=64, heads=2, steps=900, warmup=100),
     Spec("zoo-s", layers=2, width=96, heads=3, steps=2500),
-    Spec("zoo-m", layers=4, width=160, heads=5, steps=4000),
+    Spec("zoo-m", layers=4, width=160, heads=5, steps=2000),
     Spec("zoo-l", layers=8, width=192, heads=6, steps=5000),
 )
 

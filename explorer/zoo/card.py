@@ -12,30 +12,37 @@ EVAL_PER_LEVEL = 50
 
 def measure(folder: Path) -> dict:
     import torch
-    from transformers import AutoModelForCausalLM
 
     from explorer import tasks as T
-    from explorer.generate import generate
-    from explorer.models import facts_of
-    from explorer.runs import likelihood
     from explorer.models import load
+    from explorer.runs import likelihood
     from explorer.zoo.recipe import evaluate, summary
 
     torch.set_num_threads(1)
     model = load(str(folder))
     acc = evaluate(model.hf, n_per_level=EVAL_PER_LEVEL, seed=EVAL_SEED)
     bpc = likelihood(model, T.get("shakespeare").text(), 10**6, repeats=1)["bits_per_char"]
-    prompt = T.get("addition").examples(1, seed=0)[0].prompt
-    times = []
-    for _ in range(5):
-        import time
-
-        t = time.perf_counter()
-        g = generate(model.hf, model.tokenizer, [prompt] * 1, max_new_tokens=7)
-        times.append((time.perf_counter() - t) / g.tokens_generated)
+    ms = decode_ms_per_token(model)
     return {"accuracy": acc, "summary": summary(acc), "bits_per_char": round(bpc, 4),
-            "decode_ms_per_token": round(1000 * sorted(times)[2], 3), "params": model.facts.params,
+            "decode_ms_per_token": round(ms, 3), "params": model.facts.params,
             "layers": model.facts.layers, "width": model.facts.width, "weight_bytes": model.facts.weight_bytes}
+
+
+def decode_ms_per_token(model, tokens: int = 32, repeats: int = 7) -> float:
+    """Batch-1 greedy decoding of a text continuation: median milliseconds per new token."""
+    import statistics
+    import time
+
+    from explorer import tasks as T
+    from explorer.generate import generate
+
+    prompt = T.get("shakespeare").text()[:24]
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        g = generate(model.hf, model.tokenizer, [prompt], max_new_tokens=tokens)
+        times.append((time.perf_counter() - t) / g.tokens_generated)
+    return 1000 * statistics.median(times)
 
 
 def write(folder: Path) -> dict:
