@@ -407,17 +407,15 @@ def emit(out, logp, rows, drafts, n, nxt, lp, eos, max_new_tokens, stats: SpecSt
     return torch.tensor(done, dtype=torch.bool)
 
 
-def step_seconds(side: Decoder, ids, mask, calls: int, width: int = 1) -> list[float]:
-    """Seconds of one cached forward of `width` tokens, `calls` times (rolled back each time)."""
-    side.start(ids, mask)
-    tokens, valid = ids[:, -1:].repeat(1, width), torch.ones(ids.shape[0], width, dtype=torch.bool)
-    times = []
-    for _ in range(calls + 1):
-        t = time.perf_counter()
-        side.extend(tokens, valid, last_only=width == 1)
-        times.append(time.perf_counter() - t)
-        side.keep(~valid)
-    return times[1:]  # the first call warms up
+def step_seconds(side: Decoder, width: int) -> float:
+    """Seconds of one cached forward of `width` tokens on top of `side`'s cache, then rolled back."""
+    tokens = side.mask.new_ones(side.mask.shape[0], width)  # any token: cost does not depend on it
+    valid = tokens.bool()
+    t = time.perf_counter()
+    side.extend(tokens, valid, last_only=width == 1)
+    seconds = time.perf_counter() - t
+    side.keep(~valid)
+    return seconds
 
 
 @dataclass(frozen=True)
@@ -430,16 +428,17 @@ class Costs:
 def measure_costs(target, draft, input_ids, *, draft_len: int, attention_mask=None, calls: int = 30) -> Costs:
     """Leviathan's c, and what his model leaves out: a verification call costs more than one token.
 
-    All run on top of the same prompt in their caches, medians over alternating
-    blocks, so a noisy neighbour slows every side alike.
+    All run on top of the same prompt in their caches, one call of each in turn,
+    so a noisy neighbour slows every side alike; medians, after one warm-up round.
     """
     ids, mask = as_batch(input_ids, attention_mask)
     tgt, drf = as_decoder(target), as_decoder(draft)
+    tgt.start(ids, mask)
+    drf.start(ids, mask)
     one, wide, d = [], [], []
-    block = calls // 3 + 1
-    for _ in range(3):
-        one += step_seconds(tgt, ids, mask, block)
-        wide += step_seconds(tgt, ids, mask, block, width=draft_len + 1)
-        d += step_seconds(drf, ids, mask, block)
-    t = statistics.median(one)
-    return Costs(statistics.median(d) / t, statistics.median(wide) / t)
+    for _ in range(calls + 1):
+        one.append(step_seconds(tgt, 1))
+        wide.append(step_seconds(tgt, draft_len + 1))
+        d.append(step_seconds(drf, 1))
+    t = statistics.median(one[1:])
+    return Costs(statistics.median(d[1:]) / t, statistics.median(wide[1:]) / t)
