@@ -111,9 +111,7 @@ class Ray:
 
         started = not ray.is_initialized()
         if started:
-            os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a workshop tool phones nobody
-            ray.init(address=self.address, num_cpus=(self.workers or os.cpu_count()) if self.address is None else None,
-                     include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": worker_env()})
+            start_ray(self.address, (self.workers or os.cpu_count()) if self.address is None else None)
         actors = []
         try:
             workers = self.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
@@ -140,6 +138,27 @@ class Worker:
 
     def run(self, job: Job) -> dict[str, Any] | Failed:
         return try_job(job, self.models)
+
+
+def start_ray(address: str | None, num_cpus: int | None, attempts: int = 3) -> None:
+    """`ray.init`, tried again when a local node is slow to come up.
+
+    Ray gives a starting node a fixed 30 s to register; on a laptop whose cores
+    are busy its agents can take longer to import, and a second try (with their
+    imports now cached) usually makes it.
+    """
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a workshop tool phones nobody
+    for attempt in range(attempts):
+        try:
+            ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": worker_env()})
+            return
+        except Exception as err:  # Ray raises a bare Exception for this
+            if "timed out during startup" not in str(err) or attempt == attempts - 1:
+                raise
+            ray.shutdown()
 
 
 def worker_env() -> dict[str, str]:
