@@ -88,32 +88,49 @@ class ExitStats:
         return [[e for e in row if e > 0] for row in table]
 
 
-class KVBuffer:
-    """Keys and values of every layer, preallocated: (layers, batch, kv heads, positions, head dim).
+class KVCache:
+    """Keys and values, one contiguous (batch, kv heads, positions, head dim) tensor per layer.
 
-    Preallocated rather than concatenated (as DynamicCache does) because a
-    layer writes only the rows still running at a position, and the K/V fill
-    writes the others, for many layers at once, into the same column.
+    Each step opens a new column for every layer (`open`); the K/V fill writes
+    the rows that left into it for many layers at once; a layer, when it runs,
+    adds its running rows and appends the column (`append`, a concatenation as
+    transformers' DynamicCache does, which keeps attention's inputs contiguous:
+    a preallocated buffer's strided views made attention twice as slow at batch
+    64); `close` appends the columns of layers no row ran.
     """
 
-    def __init__(self, layers: int, batch: int, heads: int, head_dim: int, dtype, capacity: int):
-        shape = (layers, batch, heads, capacity, head_dim)
-        # Uninitialised: a live row's every column below `length` is written (by its layer or
-        # the fill) before it is read, and a finished row is never read again. Zeroing
-        # megabytes per batch cost more than a decode step.
-        self.keys, self.values = torch.empty(shape, dtype=dtype), torch.empty(shape, dtype=dtype)
-        self.length = 0
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
+        self.keys, self.values = keys, values
+        self.length = keys[0].shape[2]
+        self.new_keys = self.new_values = None
+        self.appended: list[bool] = []
 
-    def reserve(self, n: int) -> None:
-        cap = self.keys.shape[3]
-        if n <= cap:
-            return
-        shape = list(self.keys.shape)
-        shape[3] = max(n, 2 * cap)
-        for name in ("keys", "values"):
-            bigger = self.keys.new_empty(shape)
-            bigger[:, :, :, :cap] = getattr(self, name)
-            setattr(self, name, bigger)
+    def open(self) -> None:
+        b, h, _, d = self.keys[0].shape
+        # Uninitialised: a live row's column is written (by its layer or the fill) before it
+        # is read; a finished row's is never read again.
+        self.new_keys = self.keys[0].new_empty(len(self.keys), b, h, 1, d)
+        self.new_values = self.values[0].new_empty(len(self.keys), b, h, 1, d)
+        self.appended = [False] * len(self.keys)
+
+    def append(self, layer: int, rows: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor):
+        """Add the running rows' keys and values at this layer; return theirs over every position."""
+        nk, nv = (k, v) if rows is None else (self.new_keys[layer], self.new_values[layer])
+        if rows is not None:
+            nk[rows], nv[rows] = k, v
+        self.keys[layer] = torch.cat([self.keys[layer], nk], 2)
+        self.values[layer] = torch.cat([self.values[layer], nv], 2)
+        self.appended[layer] = True
+        if rows is None:
+            return self.keys[layer], self.values[layer]
+        return self.keys[layer][rows], self.values[layer][rows]
+
+    def close(self) -> None:
+        for j, done in enumerate(self.appended):
+            if not done:
+                self.keys[j] = torch.cat([self.keys[j], self.new_keys[j]], 2)
+                self.values[j] = torch.cat([self.values[j], self.new_values[j]], 2)
+        self.length += 1
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.length
@@ -153,30 +170,23 @@ class KVFill:
 
 
 class RowsView:
-    """What a decoder layer sees as its cache: the rows `rows` (None: all) at column `t`.
+    """What a decoder layer sees as its cache: the rows `rows` (None: all) of the open column.
 
     The layer's attention calls `update(k, v, layer_idx)` with the new
     position's keys and values and attends over what it returns.
     """
 
-    def __init__(self, buf: KVBuffer, rows: torch.Tensor | None, t: int):
-        self.buf, self.rows, self.t = buf, rows, t
+    def __init__(self, cache: KVCache, rows: torch.Tensor | None):
+        self.cache, self.rows = cache, rows
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        k, v, t = self.buf.keys[layer_idx], self.buf.values[layer_idx], self.t  # views into the buffer
-        if self.rows is None:
-            k[:, :, t : t + 1] = key_states
-            v[:, :, t : t + 1] = value_states
-            return k[:, :, : t + 1], v[:, :, : t + 1]
-        k[self.rows, :, t : t + 1] = key_states
-        v[self.rows, :, t : t + 1] = value_states
-        return k[self.rows, :, : t + 1], v[self.rows, :, : t + 1]
+        return self.cache.append(layer_idx, self.rows, key_states, value_states)
 
 
 @dataclass
 class Output:
     logits: torch.Tensor  # (batch, 1, vocab): the exit layer's prediction
-    cache: KVBuffer
+    cache: KVCache
 
 
 def check_supported(hf) -> None:
@@ -229,33 +239,28 @@ class ExitingModel:
         self.stats.first_s += took if first else 0.0
         return Output(logits[:, None], cache)
 
-    def prefill(self, ids, mask, pos) -> KVBuffer:
+    def prefill(self, ids, mask, pos) -> KVCache:
         """All prompt positions but the last, through the full model (every layer fills its K/V)."""
-        c = self.config
-        heads = c.num_key_value_heads or c.num_attention_heads
-        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-        dtype = self.hf.lm_head.weight.dtype
-        buf = KVBuffer(len(self.layers), ids.shape[0], heads, head_dim, dtype, ids.shape[1] + 32)
         self.stats.prompt_tokens = mask.sum(-1).tolist()
         if ids.shape[1] > 1:
             out = self.hf.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1],
                                 use_cache=True)
-            n = ids.shape[1] - 1
-            for i, layer in enumerate(out.cache.layers):
-                buf.keys[i, :, :, :n] = layer.keys
-                buf.values[i, :, :, :n] = layer.values
-            buf.length = n
-        return buf
+            return KVCache([c.keys for c in out.cache.layers], [c.values for c in out.cache.layers])
+        c = self.config
+        heads = c.num_key_value_heads or c.num_attention_heads
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        empty = [self.hf.lm_head.weight.new_empty(ids.shape[0], heads, 0, head_dim) for _ in self.layers]
+        return KVCache(empty, list(empty))
 
-    def step(self, ids, mask, pos, buf: KVBuffer, live: torch.Tensor) -> torch.Tensor:
+    def step(self, ids, mask, pos, cache: KVCache, live: torch.Tensor) -> torch.Tensor:
         """One new position per row, layer by layer; returns each row's exit logits (batch, vocab).
 
         The running rows' states are kept compact (only they are passed to a
         layer) and shrink when rows leave, so a layer never touches a row that left.
         """
         inner, depth = self.hf.model, len(self.layers)
-        t, batch = buf.length, ids.shape[0]
-        buf.reserve(t + 1)
+        t, batch = cache.length, ids.shape[0]
+        cache.open()
         h = inner.embed_tokens(ids)
         cos, sin = inner.rotary_emb(h, position_ids=pos)
         # One query per row: causal is just "not padding". Without padding, no mask at
@@ -272,7 +277,7 @@ class ExitingModel:
             if top.numel() == 0:
                 break
             run.h = layer(run.h, attention_mask=run.mask, position_embeddings=(run.cos, run.sin),
-                          position_ids=run.pos, cache=RowsView(buf, rows, t), use_cache=True)
+                          position_ids=run.pos, cache=RowsView(cache, rows), use_cache=True)
             if i + 1 < first:
                 continue
             logits = self.hf.lm_head(inner.norm(run.h[:, 0]))
@@ -283,11 +288,11 @@ class ExitingModel:
             out_logits[gone] = logits[go]
             exit_at[gone] = i + 1
             if i + 1 < depth:
-                self.fill(gone, run.h[go, 0], run.cos[go], run.sin[go], i + 1, buf, t)
+                self.fill(gone, run.h[go, 0], run.cos[go], run.sin[go], i + 1, cache)
             stay = (~go).nonzero()[:, 0]
             rows = stay if rows is None else rows[stay]
             run, top, streak = run.take(stay), top[stay], streak[stay]
-        buf.length = t + 1
+        cache.close()
         self.stats.steps.append(exit_at)
         return out_logits
 
@@ -301,21 +306,21 @@ class ExitingModel:
             return None, top, streak
         return self.rule.leave(logits, streak), top, streak
 
-    def fill(self, rows, x, cos, sin, first: int, buf: KVBuffer, t: int) -> None:
+    def fill(self, rows, x, cos, sin, first: int, cache: KVCache) -> None:
         """CALM state propagation: keys and values of layers `first`.. from the rows' exit states x."""
         start = time.perf_counter()
         if self.kv is not None:
             k, v = self.kv(x, first, cos[:, 0], sin[:, 0])
-            buf.keys[first:, rows, :, t] = k
-            buf.values[first:, rows, :, t] = v
+            cache.new_keys[first:, rows, :, 0] = k
+            cache.new_values[first:, rows, :, 0] = v
         else:  # layers whose projections are not plain Linear (a quantized kernel): one at a time
             for j in range(first, len(self.layers)):
                 layer = self.layers[j]
                 attn, xn = layer.self_attn, layer.input_layernorm(x[:, None])
                 k = attn.k_proj(xn).unflatten(-1, (-1, attn.head_dim))[:, 0]  # (rows, kv heads, head dim)
                 k = k * cos + rotate_half(k) * sin
-                buf.keys[j, rows, :, t] = k
-                buf.values[j, rows, :, t] = attn.v_proj(xn).unflatten(-1, (-1, attn.head_dim))[:, 0]
+                cache.new_keys[j, rows, :, 0] = k
+                cache.new_values[j, rows, :, 0] = attn.v_proj(xn).unflatten(-1, (-1, attn.head_dim))[:, 0]
         self.stats.kv_fill_s += time.perf_counter() - start
 
 
