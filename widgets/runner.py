@@ -60,6 +60,15 @@ class Runner:
             self._generation += 1  # anything queued before this change is stale now
             if self._timer is not None:
                 self._timer.cancel()
+        try:
+            cached = not self.missing()
+        except (ValueError, KeyError):
+            cached = False  # schedule() reports why
+        if cached:
+            # Everything is in the store: redraw now. Only real runs wait for the debounce.
+            self.schedule()
+            return
+        with self._lock:
             self._timer = threading.Timer(self.debounce_s, self.schedule)
             self._timer.daemon = True
             self._timer.start()

@@ -34,6 +34,13 @@ class ExitMapView(anywidget.AnyWidget):
     n_layers = t.Int(1).tag(sync=True)
     title = t.Unicode("").tag(sync=True)
 
+    @classmethod
+    def from_row(cls, row: dict, example: int = 0) -> "ExitMapView":
+        """The token x layer map of one example of an `EarlyExit` row (no re-run)."""
+        return cls(tokens=list(row["exit_tokens"][example]), exit_layers=list(row["exit_layers"][example]),
+                   n_layers=int(row["model_layers"]),
+                   title=f"{row['model']} {row.get('knob_criterion')}>={row.get('knob_threshold')}:")
+
 
 class CurveView(anywidget.AnyWidget):
     """Quality over sample count k (pass@k, majority@k, best-of-k), with the slider's k marked."""
@@ -43,3 +50,13 @@ class CurveView(anywidget.AnyWidget):
     curves = t.Dict().tag(sync=True)  # {"pass@k": [[k, value], ...], ...}
     k = t.Int(1).tag(sync=True)
     title = t.Unicode("").tag(sync=True)
+
+    @classmethod
+    def from_row(cls, row: dict, k: int = 1) -> "CurveView":
+        """Every aggregator's curve over k from a `Sampling` row's stored samples (no generation)."""
+        from explorer.techniques.sampling import curves
+
+        frame = curves(row)
+        series = {c.removesuffix("_at_k").replace("_", " "): [[int(a), float(b)] for a, b in zip(frame["k"], frame[c])]
+                  for c in frame.columns if c.endswith("_at_k")}
+        return cls(curves=series, k=k, title=f"{row['model']} on {row['task']}, {row.get('knob_n')} samples")

@@ -51,6 +51,7 @@ def main(names: list[str] | None = None, *, out: str | None = None, text: str | 
         with mp.get_context("spawn").Pool(len(groups)) as pool:
             parts = pool.starmap(_train_group, [(g, str(out_dir), text, steps) for g in groups])
         facts = [f for part in parts for f in part]
+    decode = card.decode_family([out_dir / f["name"] for f in facts])
     for f in facts:
-        card.write(out_dir / f["name"])
+        card.write(out_dir / f["name"], decode[f["name"]])
     return facts
