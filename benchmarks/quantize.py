@@ -14,6 +14,7 @@ model at 4 bits against the next-smaller model at 8 bits, at about equal bytes.
 
     python benchmarks/quantize.py                       # every zoo model, the four tasks, n=200 each
     python benchmarks/quantize.py --models zoo-xs --n 100 --repeats 3
+    python benchmarks/quantize.py --only latency --repeats 9 --threads 2
 """
 from __future__ import annotations
 
@@ -90,10 +91,20 @@ def record(model, q: Quantize | None, tasks: list[str], n: int) -> dict:
 def model_rows(name: str, tasks: list[str], n: int, repeats: int) -> tuple[list[dict], dict]:
     model = ex.load(name)
     rows = [record(model, q, tasks, n) for q in [None, *configs(model.facts.width)]]
+    return rows, latency_of(model, tasks[0], repeats)
+
+
+def latency_of(model, task: str, repeats: int) -> dict[str, dict[str, float]]:
     kernels = {"fp32": model, "bf16": Quantize(bits=16, format="fp").apply(model),
                "int8-dynamic": Quantize(bits=8).apply(model),
-               "simulated int4": Quantize(bits=4).apply(model)}
-    return rows, latency(model, ex.tasks.get(tasks[0]), kernels, repeats)
+               "simulated int4": Quantize(bits=4).apply(model)}  # fp32 compute: its ratio shows the noise
+    return latency(model, ex.tasks.get(task), kernels, repeats)
+
+
+def print_latency(lat: dict[str, dict[str, float]]) -> None:
+    print("latency ratios to fp32 (decode batch 64 / decode batch 1 / scoring 255-token windows):")
+    for k, v in lat.items():
+        print(f"  {k:20s} " + " / ".join(f"{x:.2f}" for x in v.values()))
 
 
 def table(rows: list[dict], lat: dict) -> pl.DataFrame:
@@ -149,14 +160,15 @@ def equal_bytes(results: dict[str, pl.DataFrame]) -> list[str]:
         return ["  (needs two models)"]
     big, small = names[-1], names[-2]
     pick = [(big, 4, "int", "chan"), (big, 4, "int", "32"), (big, 4, "e2m1", "chan"), (big, 4, "e2m1", "32"),
-            (small, 8, "int", "chan"), (small, 8, "e4m3", "chan"), (small, 32, "fp32", "chan"),
-            (big, 32, "fp32", "chan")]
-    lines = [f"  {'model':7s} {'format':6s} {'bits':>4s} {'group':>5s} {'kernel':13s} {'kB':>7s} {'accuracy':>8s} "
+            (big, 3, "int", "32"), (big, 3, "int-asym", "32"), (big, 3, "e2m0", "32"),
+            (small, 8, "int", "chan"), (small, 8, "e4m3", "chan"), (small, 16, "e8m7", "chan"),
+            (small, 32, "fp32", "chan"), (big, 32, "fp32", "chan")]
+    lines = [f"  {'model':7s} {'format':8s} {'bits':>4s} {'group':>5s} {'kernel':13s} {'kB':>7s} {'accuracy':>8s} "
              f"{'heldout bpc':>11s}"]
     for name, bits, fmt, group in pick:
         rows = results[name].filter((pl.col("bits") == bits) & (pl.col("format") == fmt) & (pl.col("group") == group))
         for r in rows.iter_rows(named=True):
-            lines.append(f"  {name:7s} {fmt:6s} {bits:4d} {group:>5s} {r['kernel']:13s} {r['kB']:7.1f} "
+            lines.append(f"  {name:7s} {fmt:8s} {bits:4d} {group:>5s} {r['kernel']:13s} {r['kB']:7.1f} "
                          f"{r['accuracy']:8.3f} {r['bpc']:11.3f}")
     return lines
 
@@ -167,6 +179,7 @@ def main() -> None:
     ap.add_argument("--tasks", nargs="*", default=list(ex.tasks.GENERATIVE), help="accuracy is their mean")
     ap.add_argument("--n", type=int, default=200, help="examples per task")
     ap.add_argument("--repeats", type=int, default=5, help="latency rounds (medians)")
+    ap.add_argument("--only", choices=["latency"], default=None, help="only time the real kernels")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--out", default=None, help="write every row to this parquet file")
     args = ap.parse_args()
@@ -183,17 +196,21 @@ def main() -> None:
     pl.Config.set_float_precision(3)
     for name in names:
         t = time.time()
+        if args.only == "latency":
+            print(f"\n== {name} ==")
+            print_latency(latency_of(ex.load(name), args.tasks[0], args.repeats))
+            continue
         rows, lat = model_rows(name, args.tasks, args.n, args.repeats)
         every += rows
         results[name] = df = table(rows, lat)
         print(f"\n== {name}: {rows[0]['model_params']:,} params, {rows[0]['model_layers']} x {rows[0]['model_width']} "
               f"({time.time() - t:.0f} s) ==")
         print(df)
-        print("latency ratios to fp32 (decode batch 64 / decode batch 1 / scoring 255-token windows):")
-        for k, v in lat.items():
-            print(f"  {k:20s} " + " / ".join(f"{x:.2f}" for x in v.values()))
+        print_latency(lat)
         print(f"knee (accuracy more than {DROP} below fp32's {df['accuracy'][0]:.3f}), simulated rows:")
         print("\n".join(knees(df)))
+    if args.only == "latency":
+        return
     print("\n== at about equal bytes: the largest model at 4 bits vs the next-smaller at 8 bits ==")
     print("\n".join(equal_bytes(results)))
     if args.out:
