@@ -92,3 +92,22 @@ def test_clicking_a_point_selects_its_configuration(lab):
     lab.frontier.widget._vl_selections = {"pick": {"value": signal, "store": []}}
     assert lab.state.selected["config_hash"] == target["config_hash"]
     assert lab.state.bits == 8 and lab.state.technique == "quantize"
+
+
+def test_technique_views_follow_the_selection_and_k_moves_no_run(tmp_path):
+    from widgets.tokens import CurveView, ExitMapView
+
+    lab = Lab(tmp_path / "s", models=["zoo-xs"], technique="early_exit", threshold=0.9, n=6)
+    lab.runner.wait(120)
+    (view,) = lab.detail.children
+    assert isinstance(view, ExitMapView) and view.n_layers == 1 and len(view.tokens) == len(view.exit_layers)
+    lab.state.samples = 8
+    lab.state.technique = "sampling"
+    lab.runner.wait(120)
+    (curve,) = lab.detail.children
+    assert isinstance(curve, CurveView) and {"pass@k", "majority@k"} <= set(curve.curves)
+    assert all(len(points) == 4 for points in curve.curves.values())  # k = 1, 2, 4, 8
+    runs = lab.runner.runs_started
+    lab.state.k = 4
+    assert curve.k == 4 and lab.runner.runs_started == runs
+    lab.runner.close()

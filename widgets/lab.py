@@ -117,7 +117,9 @@ class Lab(w.VBox):
         self.state.observe(lambda ch: self.select(ch["new"]), names="selected")
         left = w.VBox([c["technique"], c["task"], c["models"], knobs, c["cost_axis"], c["budget"]],
                       layout=w.Layout(min_width="380px"))
-        right = w.VBox([self.frontier.widget, self.card])
+        self.detail = w.VBox()  # the technique's own view of its latest run
+        self.state.observe(self._k_moved, names="k")
+        right = w.VBox([self.frontier.widget, self.card, self.detail])
         super().__init__([w.HBox([left, right]), w.HBox([self.progress, self.status])])
         self.add_class("tx-lab")
         self.runner = Runner(self.state, self.store, on_rows=self.refresh, autostart=autostart)
@@ -143,6 +145,41 @@ class Lab(w.VBox):
         df = self.store.frame()
         self.frontier.refresh(df)
         self._card(df)
+        self._detail()
+
+    def current_row(self) -> dict | None:
+        """The stored row of the selected technique on the largest selected model, if run."""
+        try:
+            jobs = [j for j in self.runner.jobs() if j.technique.name == self.state.technique]
+        except (ValueError, KeyError):
+            return None
+        df = self.store.frame()
+        if df.height == 0:
+            return None
+        for job in reversed(jobs):  # the models as chosen; the last is the largest in the zoo's order
+            match = df.filter(df["config_hash"] == job.config_hash)
+            if match.height:
+                return match.to_dicts()[0]
+        return None
+
+    def _detail(self) -> None:
+        from widgets.tokens import CurveView, ExitMapView, SpecStreamView
+
+        row = self.current_row()
+        view = None
+        if row is not None and row.get("technique") == "early_exit" and row.get("exit_layers"):
+            view = ExitMapView.from_row(row)
+        elif row is not None and row.get("technique") == "sampling" and row.get("samples") is not None:
+            view = CurveView.from_row(row, k=min(self.state.k, int(row.get("knob_n") or 1)))
+        elif row is not None and row.get("technique") == "speculative" and row.get("spec_trace"):
+            view = SpecStreamView.from_row(row)
+        self.detail.children = [view] if view is not None else []
+
+    def _k_moved(self, change) -> None:
+        # The k slider only moves the marker on stored curves: no run, no new view.
+        for view in self.detail.children:
+            if hasattr(view, "k"):
+                view.k = change["new"]
 
     def _card(self, df=None) -> None:
         self.card.value = best_card(self.state, self.store, df)

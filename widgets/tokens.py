@@ -57,6 +57,6 @@ class CurveView(anywidget.AnyWidget):
         from explorer.techniques.sampling import curves
 
         frame = curves(row)
-        series = {c.removesuffix("_at_k").replace("_", " "): [[int(a), float(b)] for a, b in zip(frame["k"], frame[c])]
+        series = {c.removesuffix("_at_k").replace("_", " ") + "@k": [[int(a), float(b)] for a, b in zip(frame["k"], frame[c])]
                   for c in frame.columns if c.endswith("_at_k")}
         return cls(curves=series, k=k, title=f"{row['model']} on {row['task']}, {row.get('knob_n')} samples")
