@@ -2,6 +2,8 @@
 # Install the project into the current Python. Brings torch's CPU build 2.13.0
 # only when no torch is importable: an unpinned torch would pull a multi-GB CUDA
 # build, and a user who already has torch keeps their own.
+# --dev adds the test tools and, for the browser tests, Debian's chromium
+# (playwright drives it; it never downloads a browser of its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras="lab"
@@ -10,3 +12,10 @@ if ! python -c "import torch" 2>/dev/null; then
   python -m pip install --quiet "torch==2.13.0"
 fi
 python -m pip install --quiet -e ".[$extras]"
+if [ "$extras" = "dev" ] && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  else
+    echo "install.sh: the browser tests need /usr/bin/chromium (Debian: apt-get install chromium)" >&2
+  fi
+fi
