@@ -13,7 +13,7 @@ headline compares like with like: the steady decode, every generated token but
 each example's first, FLOPs saving against wall-clock saving per token. The
 saving over all generated tokens and end to end (prefill and first token
 included, in time) are shown beside it.
-Timing is paired: per batch, the prefill alone and every configuration run
+Timing is paired: per batch, the full model and every configuration run
 back to back (order rotated each repeat), so drift in machine load hits all
 alike; wall figures are medians over repeats.
 
@@ -42,7 +42,7 @@ from scipy.stats import spearmanr  # noqa: E402
 
 import explorer as ex  # noqa: E402
 from explorer.cost import flops_per_token  # noqa: E402
-from explorer.generate import encode, positions  # noqa: E402
+from explorer.generate import generate  # noqa: E402
 
 DEFAULT_THRESHOLDS = {"max_prob": (1.0, 0.999, 0.99, 0.95, 0.9, 0.8, 0.6, 0.4, 0.0),
                       "entropy": (0.0, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0),
@@ -50,29 +50,43 @@ DEFAULT_THRESHOLDS = {"max_prob": (1.0, 0.999, 0.99, 0.95, 0.9, 0.8, 0.6, 0.4, 0
 TARGET = 0.7  # wall-clock saving should be at least this share of the FLOPs saving
 
 
-def prefill(model, prompts: list[str]) -> None:
-    """The prompt's full-depth forward alone, as the shared loop runs it."""
-    enc = encode(model.tokenizer, prompts, model.facts.context)
-    with torch.inference_mode():
-        model.hf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                 position_ids=positions(enc["attention_mask"]), use_cache=True, logits_to_keep=1)
+class FirstCallTimed:
+    """The full model as the shared loop calls it, timing its first call (the prompt's prefill)."""
+
+    def __init__(self, hf):
+        self.hf, self.config, self.first_s = hf, hf.config, None
+
+    def __call__(self, **kwargs):
+        start = time.perf_counter()
+        out = self.hf(**kwargs)
+        if self.first_s is None:
+            self.first_s = time.perf_counter() - start
+        return out
+
+
+def baseline(model, prompts: list[str], max_new_tokens: int):
+    """`Baseline.generate`, with the seconds of its first call kept."""
+    timed = FirstCallTimed(model.hf)
+    gen = generate(timed, model.tokenizer, prompts, max_new_tokens=max_new_tokens)
+    gen.first_s = timed.first_s
+    return gen
 
 
 def measure(model, task, techniques: list, *, n: int, batch_size: int, repeats: int, seed: int):
     """One row per technique (accuracy, exits, FLOPs, from `explorer.run`) with paired timings.
 
-    Timing is paired per batch: the prompt's prefill alone and every technique
-    decode the same batch back to back (order rotated each repeat), so a noisy
-    neighbour slows them alike; this machine is shared and two cores are few.
-    Each row gets `wall_s` (the whole decode) and `first_s` (the part that made
-    the first token: for the baseline the prefill, for early exit its first
-    call), medians over repeats.
+    Timing is paired per batch: every technique decodes the same batch back to
+    back (order rotated each repeat), so a noisy neighbour slows them alike; this
+    machine is shared and two cores are few. Each row gets `wall_s` (the whole
+    decode) and `first_s` (the call that made the first token: for the baseline
+    its prefill, for early exit its first call, both timed inside the decode),
+    medians over repeats. The first technique must be the baseline.
     """
     rows = [ex.run(model, task, t, n=n, seed=seed, repeats=1, batch_size=batch_size) for t in techniques]
     prompts = [e.prompt for e in task.examples(n, seed)]
     chunks = [prompts[i : i + batch_size] for i in range(0, n, batch_size)]
-    jobs = [lambda c: prefill(model, c)] + [
-        (lambda c, t=t: t.generate(model, c, max_new_tokens=task.max_new_tokens, seed=seed)) for t in techniques]
+    jobs = [lambda c: baseline(model, c, task.max_new_tokens)] + [
+        (lambda c, t=t: t.generate(model, c, max_new_tokens=task.max_new_tokens, seed=seed)) for t in techniques[1:]]
     wall = [[0.0] * repeats for _ in jobs]
     first = [[0.0] * repeats for _ in jobs]
     for r in range(repeats):
@@ -81,12 +95,10 @@ def measure(model, task, techniques: list, *, n: int, batch_size: int, repeats: 
                 j = (k + r) % len(jobs)
                 start = time.perf_counter()
                 out = jobs[j](chunk)
-                took = time.perf_counter() - start
-                wall[j][r] += took
-                first[j][r] += out.exits.first_s if hasattr(out, "exits") else took
-    for i, row in enumerate(rows, start=1):
-        row["wall_s"] = statistics.median(wall[i])
-        row["first_s"] = statistics.median(first[i] if i > 1 else first[0])  # the baseline's: its prefill
+                wall[j][r] += time.perf_counter() - start
+                first[j][r] += out.exits.first_s if hasattr(out, "exits") else out.first_s
+    for row, w, f in zip(rows, wall, first):
+        row["wall_s"], row["first_s"] = statistics.median(w), statistics.median(f)
     return rows
 
 
