@@ -14,7 +14,7 @@ from typing import Any
 import altair as alt
 import polars as pl
 
-from explorer.frontier import frontier
+from explorer.frontier import frontier, with_derived
 from widgets.state import COST_AXES
 
 DATA = "rows"
@@ -26,7 +26,7 @@ def records(df: pl.DataFrame, quality: str = QUALITY) -> list[dict[str, Any]]:
     """Chart rows: one per run, with every cost axis and the frontier status on each axis."""
     if df.height == 0 or quality not in df.columns:
         return []
-    df = df.filter(pl.col(quality).is_not_null())
+    df = with_derived(df.filter(pl.col(quality).is_not_null()), COST_AXES)
     keep = ["config_hash", "model", "technique", "label", quality, f"{quality}_lo", f"{quality}_hi",
             *[c for c in COST_AXES if c in df.columns]]
     df = df.with_columns(label=label_expr(df))

@@ -11,7 +11,7 @@ import math
 import ipywidgets as w
 
 import explorer as ex
-from explorer.frontier import best_under_budget
+from explorer.frontier import best_under_budget, with_derived
 from explorer.store import Store
 from widgets.frontier import FrontierView
 from widgets.runner import Runner
@@ -69,7 +69,7 @@ def best_card(state: LabState, store: Store, df=None) -> str:
     df = store.frame() if df is None else df
     if df.height == 0 or "accuracy" not in df.columns:
         return "<div class='tx-card'>no runs yet</div>"
-    df = df.filter((df["task"] == state.task) & df["accuracy"].is_not_null())
+    df = with_derived(df.filter((df["task"] == state.task) & df["accuracy"].is_not_null()), COST_AXES)
     budget = state.budget if not math.isinf(state.budget) else float("inf")
     try:
         best = best_under_budget(df, budget=budget, cost=state.cost_axis, quality="accuracy")

@@ -16,7 +16,8 @@ import traitlets as t
 import explorer as ex
 
 TECHNIQUES = ("baseline", "quantize", "early_exit", "speculative", "sampling")
-COST_AXES = ("weight_bytes", "flops_per_token_analytic", "wall_s_per_token", "wall_s")
+# Per problem prices repeated sampling honestly (k samples cost k times the tokens).
+COST_AXES = ("weight_bytes", "flops_per_problem_analytic", "flops_per_token_analytic", "wall_s_per_token", "wall_s")
 # Each technique knob and the technique whose config checks it.
 KNOB_OWNER = {"bits": "quantize", "format": "quantize", "group_size": "quantize",
               "criterion": "early_exit", "threshold": "early_exit",
