@@ -192,17 +192,18 @@ SPEC_KEYS = ("models", "tasks", "techniques", "n", "seed", "repeats", "batch_siz
 DEFAULT_SPEC: dict[str, Any] = {
     "models": "zoo",  # every zoo model with weights
     "tasks": "all",
-    "n": 100,
+    "n": 64,
     "seed": 0,
     "repeats": 1,
     "techniques": [
         {"name": "baseline"},
         {"name": "quantize", "bits": [2, 4, 8]},
         {"name": "early_exit", "threshold": [0.6, 0.9]},
-        {"name": "sampling", "n": [4, 16], "aggregator": "majority"},
+        # One sample count is enough: a Sampling row carries every k <= n, read from its stored samples.
+        {"name": "sampling", "n": [8], "aggregator": "majority"},
         {"name": "speculative", "draft": "zoo-xs", "draft_len": [4]},
         # The joint space no single paper draws: a 4-bit model sampled, a 4-bit model exiting early.
-        {"compose": [{"name": "quantize", "bits": [4]}, {"name": "sampling", "n": [8]}]},
+        {"compose": [{"name": "quantize", "bits": [4]}, {"name": "sampling", "n": [4]}]},
         {"compose": [{"name": "quantize", "bits": [4]}, {"name": "early_exit", "threshold": [0.9]}]},
     ],
 }
