@@ -122,7 +122,11 @@ class Lab(w.VBox):
         right = w.VBox([self.frontier.widget, self.card, self.detail])
         super().__init__([w.HBox([left, right]), w.HBox([self.progress, self.status])])
         self.add_class("tx-lab")
-        self.runner = Runner(self.state, self.store, on_rows=self.refresh, autostart=autostart)
+        # Started only once assigned: with every run cached, schedule() refreshes at once,
+        # and the refresh reads self.runner.
+        self.runner = Runner(self.state, self.store, on_rows=self.refresh, autostart=False)
+        if autostart:
+            self.runner.schedule()
 
     def select(self, row: dict) -> None:
         """Put a clicked run's configuration into the state (its rows are cached: no new run)."""
