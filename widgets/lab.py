@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import math
+import warnings
 
 import ipywidgets as w
 
@@ -72,7 +73,9 @@ def best_card(state: LabState, store: Store, df=None) -> str:
     df = with_derived(df.filter((df["task"] == state.task) & df["accuracy"].is_not_null()), COST_AXES)
     budget = state.budget if not math.isinf(state.budget) else float("inf")
     try:
-        best = best_under_budget(df, budget=budget, cost=state.cost_axis, quality="accuracy")
+        with warnings.catch_warnings():  # "nothing fits" is said on the card itself
+            warnings.simplefilter("ignore", UserWarning)
+            best = best_under_budget(df, budget=budget, cost=state.cost_axis, quality="accuracy")
     except ValueError as err:
         return f"<div class='tx-card'>{html.escape(str(err))}</div>"
     if best is None:
