@@ -77,20 +77,36 @@ def test_e2m1_is_the_ocp_fp4_grid():
     assert K.float_format("e2m1", 4).values().tolist() == [0, 0.5, 1, 1.5, 2, 3, 4, 6]
 
 
+# KL to full precision (nats per token, held-out text) found across the zoo, all four
+# models: int16 <= 1.7e-6, bf16 (real kernel, activations in bf16 too) <= 5.5e-4,
+# int8 weight-only <= 2.7e-4, fp8 e4m3 <= 4.0e-3, int8-dynamic (the real kernel,
+# which also rounds activations to 8 bits per tensor) <= 0.105. Accuracy on each
+# task (n=200) moved by at most 0.015 under any of them. Asserted with some room:
+NEAR_LOSSLESS = [(Quantize(bits=16), 1e-5), (Quantize(bits=16, format="fp"), 2e-3),
+                 (Quantize(bits=8, kernel="simulated"), 1e-3), (Quantize(bits=8, format="fp"), 1e-2),
+                 (Quantize(bits=8), 0.3)]
+
+
+def assert_near_lossless(model, tasks, n):
+    full = {task: ex.run(model, task, n=n, repeats=1)["accuracy"] for task in tasks}
+    for q, kl_bound in NEAR_LOSSLESS:
+        variant = q.apply(model)
+        kl = q.variant_columns(variant)["kl_vs_full_nats"]
+        assert kl < kl_bound, (model.name, q.label, kl)
+        for task in tasks:
+            acc = ex.run(variant, task, n=n, repeats=1)["accuracy"]
+            assert abs(acc - full[task]) <= 0.03, (model.name, task, q.label, acc, full[task])
+
+
 def test_sixteen_and_eight_bit_are_near_lossless_on_the_small_zoo(zoo_models):
-    # Bounds found on zoo-xs and zoo-s (n=200 addition): 16-bit KL <= 1.1e-4 nats,
-    # int8 weight-only <= 1.6e-4, fp8 e4m3 <= 2.3e-3, int8-dynamic (which also
-    # rounds activations) <= 2.3e-2; accuracy moved at most 0.015. Asserted with room.
-    bounds = [(Quantize(bits=16, format="fp"), 5e-4), (Quantize(bits=16), 1e-4),
-              (Quantize(bits=8, kernel="simulated"), 1e-3), (Quantize(bits=8, format="fp"), 1e-2),
-              (Quantize(bits=8), 0.1)]
     for name in ["zoo-xs", "zoo-s"]:
-        model = zoo_models[name]
-        full = ex.run(model, "addition", n=200, repeats=1)["accuracy"]
-        for q, kl_bound in bounds:
-            row = ex.run(model, "addition", q, n=200, repeats=1)
-            assert row["kl_vs_full_nats"] < kl_bound, (name, q.label, row["kl_vs_full_nats"])
-            assert abs(row["accuracy"] - full) <= 0.03, (name, q.label, row["accuracy"], full)
+        assert_near_lossless(zoo_models[name], ["addition"], 200)
+
+
+@pytest.mark.slow
+def test_sixteen_and_eight_bit_are_near_lossless_on_the_large_zoo(zoo_models):
+    for name in ["zoo-m", "zoo-l"]:
+        assert_near_lossless(zoo_models[name], ["addition", "sort"], 200)
 
 
 def test_damage_grows_as_bits_fall(tiny_model):
