@@ -57,6 +57,11 @@ def main(argv: list[str] | None = None) -> int:
     e.add_argument("out", help="file to write: .parquet or .csv")
     e.add_argument("--store", default=None, help="results folder (default: the per-user cache folder)")
 
+    lab = sub.add_parser("lab", help="open JupyterLab on the workshop's tour notebook (the embedded family, offline)")
+    lab.add_argument("--no-browser", action="store_true", help="start the server without opening a browser")
+    lab.add_argument("--port", type=int, default=None, help="port for JupyterLab (default: its own, 8888 or next free)")
+    lab.add_argument("jupyter_args", nargs="*", help="anything after -- goes to `jupyter lab` as is")
+
     args = p.parse_args(argv)
     try:
         return COMMANDS[(args.cmd, getattr(args, "zcmd", None))](args)
@@ -195,9 +200,28 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_lab(args) -> int:
+    import os
+    from pathlib import Path
+
+    # The notebooks live beside the package in a source checkout (and in an editable install).
+    root = Path(__file__).resolve().parent.parent
+    tour = root / "notebooks" / "tour.ipynb"
+    if not tour.is_file():
+        raise FileNotFoundError(f"no workshop notebooks at {tour.parent}; `explorer lab` runs from a source "
+                                "checkout of the project (git clone, then pip install -e '.[lab]')")
+    # default_url, not a file argument: the printed URL (what --no-browser users open) is then the tour's too.
+    argv = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={root}",
+            "--LabApp.default_url=/lab/tree/notebooks/tour.ipynb"]
+    argv += ["--no-browser"] * args.no_browser + [f"--port={args.port}"] * (args.port is not None)
+    # Replace this process: Ctrl-C and a terminate signal reach JupyterLab itself, and no server outlives us.
+    os.chdir(root)
+    os.execv(sys.executable, argv + args.jupyter_args)
+
+
 COMMANDS = {("run", None): cmd_run, ("zoo", "list"): cmd_zoo_list, ("zoo", "train"): cmd_zoo_train,
             ("table", None): cmd_table, ("sweep", None): cmd_sweep, ("frontier", None): cmd_frontier,
-            ("export", None): cmd_export}
+            ("export", None): cmd_export, ("lab", None): cmd_lab}
 
 if __name__ == "__main__":
     raise SystemExit(main())
