@@ -52,6 +52,8 @@ def run(model: Model | str, task: T.Task | str, technique: Technique | None = No
     if not isinstance(technique, Technique):
         raise TypeError(f"technique={technique!r}; expected a technique such as explorer.Baseline()")
     task = T.get(task) if isinstance(task, str) else task
+    if task.kind == "likelihood":
+        check_scores_only(technique, task)
     model = load(model) if isinstance(model, str) else model
     variant = technique.prepare(model)
     row: dict[str, Any] = {
@@ -74,6 +76,18 @@ def run(model: Model | str, task: T.Task | str, technique: Technique | None = No
     row["created_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     row["config_hash"] = config_hash(model, task.name, technique, n, seed)
     return row
+
+
+def check_scores_only(technique: Technique, task: T.Task) -> None:
+    """A likelihood task scores the prepared model; a technique that decodes would not show in it."""
+    from explorer.compose import DECODE, EVALUATE, Composed, roles
+
+    parts = technique.parts if isinstance(technique, Composed) else (technique,)
+    decoding = [p.name for p in parts if roles(p) & {DECODE, EVALUATE}]
+    if decoding:
+        raise ValueError(f"task {task.name!r} scores text with the (prepared) model; {', '.join(decoding)} "
+                         f"changes decoding, which this task never does. Use a generative task: "
+                         f"{', '.join(T.GENERATIVE)}")
 
 
 def evaluate(technique: Technique, model: Model, task: T.Task, examples: list[T.Example], *,

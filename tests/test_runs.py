@@ -76,3 +76,9 @@ def test_the_family_is_ordered_on_held_out_problems(zoo_models):
            for n in ex.zoo.names()]
     assert acc[0] < acc[-1]
     assert acc == sorted(acc)
+
+
+def test_a_decoding_technique_on_the_likelihood_task_is_refused(tiny_model):
+    with pytest.raises(ValueError, match="'shakespeare' scores text"):
+        ex.run(tiny_model, "shakespeare", ex.EarlyExit(criterion="max_prob", threshold=0.9), n=100)
+    assert ex.run(tiny_model, "shakespeare", ex.Quantize(bits=8), n=200, repeats=1)["bits_per_char"] > 0
