@@ -19,6 +19,7 @@ of all three speculative paths are checked against the target alone.
 
     python benchmarks/speculative.py                     # target zoo-l, drafts xs, s, m, g = 1..8
     python benchmarks/speculative.py --workload text    # long generations (48 tokens)
+    python benchmarks/speculative.py --clock cpu         # on a machine shared with other jobs
     python benchmarks/speculative.py --target zoo-m --drafts zoo-xs --n 12 --repeats 3
 """
 from __future__ import annotations
@@ -51,10 +52,14 @@ def workload(kind: str, n: int, seed: int) -> list[tuple[str, int]]:
     return [(text[i * step : i * step + 32], 48) for i in range(n)]
 
 
-def timed(fn) -> tuple[list, float]:
-    t = time.perf_counter()
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def timed(fn) -> tuple[object, dict[str, float]]:
+    """fn's result and its seconds on both clocks: wall, and CPU (this process only; one thread)."""
+    start = {k: c() for k, c in CLOCKS.items()}
     out = fn()
-    return out, time.perf_counter() - t
+    return out, {k: c() - start[k] for k, c in CLOCKS.items()}
 
 
 def decoders(target, draft, g: int, work):
@@ -90,25 +95,27 @@ def configure_assistant(draft, g: int) -> None:
     cfg.assistant_confidence_threshold = 0.0  # no early stop: the same fixed draft length as ours
 
 
-def costs(target, draft, g: int, work):
+def costs(target, draft, g: int, work, clock: str):
     """c and the verification call's cost at batch size 1: medians over the first 8 prompts."""
-    per = [measure_costs(target, draft, target.tokenizer(p, return_tensors="pt"), draft_len=g, calls=15)
-           for p, _ in work[:8]]
+    per = [measure_costs(target, draft, target.tokenizer(p, return_tensors="pt"), draft_len=g, calls=15,
+                         clock=CLOCKS[clock]) for p, _ in work[:8]]
     return statistics.median(x.cost_ratio for x in per), statistics.median(x.verify_ratio for x in per)
 
 
-def measure(target, draft, g: int, work, repeats: int) -> dict:
+def measure(target, draft, g: int, work, repeats: int, clock: str) -> dict:
     configure_assistant(draft, g)
-    c, v = costs(target, draft, g, work)
+    c, v = costs(target, draft, g, work, clock)
     runs = decoders(target, draft, g, work)
-    walls: dict[str, list[float]] = {k: [] for k in runs}
+    seconds: dict[str, dict[str, list[float]]] = {k: {"wall": [], "cpu": []} for k in runs}
     outputs = {}
     for r in range(repeats + 1):  # the first pass warms up and is not timed
         for k, fn in runs.items():
-            outputs[k], wall = timed(fn)
-            if r:
-                walls[k].append(wall)
-    med = {k: statistics.median(v) for k, v in walls.items()}
+            outputs[k], took = timed(fn)
+            for which in took:
+                if r:
+                    seconds[k][which].append(took[which])
+    med = {k: statistics.median(v[clock]) for k, v in seconds.items()}
+    wall = {k: statistics.median(v["wall"]) for k, v in seconds.items()}
     ours_tokens, stats = outputs["ours"]
     alpha = stats.acceptance_rate
     measured, predicted = med["alone"] / med["ours"], predicted_speedup(alpha, g, c)
@@ -119,13 +126,15 @@ def measure(target, draft, g: int, work, repeats: int) -> dict:
         # Leviathan's tokens per call assume an endless text; answers here are 6-11 tokens.
         "tokens_per_call_predicted": predicted_speedup(alpha, g, 0.0), "tokens_per_target_call": tpc,
         "cost_ratio": c, "verify_cost_ratio": v,
-        "speedup_measured": measured, "speedup_predicted": predicted,
+        "speedup_measured": measured, "speedup_measured_wall": wall["alone"] / wall["ours"],
+        "speedup_predicted": predicted,
         "measured_over_predicted": measured / predicted,
         "speedup_predicted_from_counts": tpc / (stats.draft_calls / stats.target_calls * c + v),
         "speedup_hf_assisted": hf_speedup, "ours_over_hf_assisted": measured / hf_speedup,
         "hf_assisted_over_hf_plain": med["hf_plain"] / med["hf_assisted"],
         "ms_per_token_alone": 1e3 * med["alone"] / stats.tokens,
         "ms_per_token_ours": 1e3 * med["ours"] / stats.tokens,
+        "ms_per_token_hf_assisted": 1e3 * med["hf_assisted"] / stats.tokens,
         "identical": ours_tokens == outputs["alone"] == outputs["hf_assisted"],
     }
 
@@ -140,6 +149,9 @@ def main(argv=None) -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                    help="what speed-ups and costs are measured in; 'cpu' (process CPU seconds) "
+                         "discounts time taken by other processes on a shared machine")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -150,7 +162,7 @@ def main(argv=None) -> None:
         for name in args.drafts:
             draft = ex.load(name)
             for g in args.lengths:
-                rows.append(measure(target, draft, g, work, args.repeats))
+                rows.append(measure(target, draft, g, work, args.repeats, args.clock))
                 r = rows[-1]
                 print(f"{name} g={g}: alpha={r['acceptance_rate']:.3f} measured={r['speedup_measured']:.2f}x "
                       f"predicted={r['speedup_predicted']:.2f}x hf={r['speedup_hf_assisted']:.2f}x", flush=True)
@@ -158,7 +170,8 @@ def main(argv=None) -> None:
     with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=400, float_precision=2, tbl_hide_column_data_types=True,
                    tbl_hide_dataframe_shape=True, tbl_formatting="ASCII_MARKDOWN"):
         print(f"\ntarget {args.target}, batch size 1, {args.n} {args.workload} prompts, greedy, "
-              f"medians of {args.repeats} interleaved repeats, {args.threads} thread(s)")
+              f"medians of {args.repeats} interleaved repeats, {args.threads} thread(s), {args.clock} clock "
+              "(speedup_measured_wall: wall clock, always)")
         print(df)
         best = df.sort("speedup_measured", descending=True).group_by("draft", maintain_order=True).first()
         best = best.with_columns(

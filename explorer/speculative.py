@@ -68,16 +68,15 @@ class Decoder:
     def context(self) -> int:
         return getattr(self.hf.config, "max_position_embeddings", 2048)
 
-    def start(self, ids: torch.Tensor, mask: torch.Tensor) -> None:
-        """A fresh cache holding the (left-padded) prefix `ids`."""
+    def start(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        """A fresh cache holding the (left-padded) prefix `ids`; the logits after it [batch, vocab]."""
         from transformers import DynamicCache
 
         # Without a config the layers are made lazily: 0.2 ms less per call, same attention
         # (masks, sliding windows included, come from the model config, not the cache).
         self.cache = DynamicCache()
         self.mask = mask[:, :0].long()
-        if ids.shape[1]:
-            self.extend(ids, mask.bool(), last_only=True)
+        return self.extend(ids, mask.bool(), last_only=True)[:, -1] if ids.shape[1] else None
 
     def extend(self, tokens: torch.Tensor, valid: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
         """Run `tokens` [batch, k] on top of the cache; logits [batch, k or 1, vocab] in float32."""
@@ -120,16 +119,16 @@ class SpecStats:
     """
 
     draft_len: int
-    target_calls: int = 0  # verification forwards of the target (the prompt's prefill excluded)
+    target_calls: int = 0  # forwards of the target: the prompt's (it yields the first token) and each round's
     draft_calls: int = 0  # forwards of the draft (prefill excluded)
     drafted: int = 0  # proposals offered to the target
     judged: int = 0  # proposals the target decided on
     accepted: int = 0
     tokens: int = 0  # emitted tokens, end-of-sequence included
     eos_accepted: int = 0  # rounds ended by an accepted end-of-sequence (no token of the target's own)
-    target_positions: int = 0  # token positions the target ran (for analytic FLOPs)
+    target_positions: int = 0  # token positions the target ran after the prompt, plus one for the prompt's last
     draft_positions: int = 0
-    steps: int = 0  # batched target forwards
+    steps: int = 0  # rounds: batched verification forwards (as Generation.steps, the prompt's excluded)
     position_judged: list[int] = field(default_factory=list)
     position_accepted: list[int] = field(default_factory=list)
 
@@ -278,13 +277,22 @@ def speculative_generate(target, draft, input_ids, *, draft_len: int, temperatur
     stats = SpecStats(draft_len)
     out: list[list[int]] = [[] for _ in range(batch)]
     logp = [0.0] * batch
-    # The prompt's last token is not prefilled: the first round feeds it with the
-    # first proposals, so every target call (prefill aside) yields tokens.
-    tgt.start(ids[:, :-1], mask[:, :-1])
-    drf.start(ids[:, :-1], mask[:, :-1])
+    # The prompt's forward yields the first token, as the target alone's does; the
+    # draft then proposes from there. (Holding the last prompt token back for the
+    # first round would cost a whole round per prompt.)
+    first = tgt.start(ids, mask)
+    drf.start(ids, mask)
     rows = torch.arange(batch)
-    t_next = ids[:, -1:]
-    d_next, d_valid = ids[:, -1:], torch.ones(batch, 1, dtype=torch.bool)
+    no_drafts, none = torch.empty(batch, 0, dtype=torch.long), torch.zeros(batch, dtype=torch.long)
+    nxt = torch.multinomial(torch.softmax(first / temperature, -1), 1, generator=generator)[:, 0] \
+        if temperature else first.argmax(-1)
+    stats.target_calls += batch
+    stats.target_positions += batch
+    done = emit(out, logp, rows, no_drafts, none, nxt, torch.log_softmax(first[:, None] / (temperature or 1.0), -1),
+                eos, max_new_tokens, stats)
+    t_next = d_next = nxt[:, None]
+    d_valid = torch.ones(batch, 1, dtype=torch.bool)
+    rows, t_next, d_next, d_valid = drop_done(done, rows, (t_next, d_next, d_valid), tgt, drf)
     while rows.numel():
         live = rows.numel()
         left = torch.tensor([max_new_tokens - len(out[r]) for r in rows.tolist()])
@@ -308,16 +316,22 @@ def speculative_generate(target, draft, input_ids, *, draft_len: int, temperatur
         t_next = nxt[:, None]
         lp = torch.log_softmax(logits / (temperature or 1.0), -1)
         done = emit(out, logp, rows, drafts, n, nxt, lp, eos, max_new_tokens, stats)
-        if done.any():
-            keep = (~done).nonzero()[:, 0]
-            rows, t_next, d_next, d_valid = rows[keep], t_next[keep], d_next[keep], d_valid[keep]
-            if keep.numel():
-                tgt.select(keep)
-                drf.select(keep)
+        rows, t_next, d_next, d_valid = drop_done(done, rows, (t_next, d_next, d_valid), tgt, drf)
     tokens = [strip_eos(r, eos) for r in out]
     tok = getattr(target, "tokenizer", None)
     texts = tok.batch_decode(tokens, skip_special_tokens=True) if tok is not None else []
     return Speculation(tokens, texts, logp, stats.tokens, stats.steps, stats)
+
+
+def drop_done(done, rows, pending, tgt: Decoder, drf: Decoder):
+    """Finished rows leave the batch (and both caches), so they cost nothing more."""
+    if not done.any():
+        return (rows, *pending)
+    keep = (~done).nonzero()[:, 0]
+    if keep.numel():
+        tgt.select(keep)
+        drf.select(keep)
+    return (rows[keep], *(p[keep] for p in pending))
 
 
 def propose(drf: Decoder, x, valid, cap, temperature, adaptive, eos, generator, stats: SpecStats):
@@ -407,13 +421,13 @@ def emit(out, logp, rows, drafts, n, nxt, lp, eos, max_new_tokens, stats: SpecSt
     return torch.tensor(done, dtype=torch.bool)
 
 
-def step_seconds(side: Decoder, width: int) -> float:
+def step_seconds(side: Decoder, width: int, clock=time.perf_counter) -> float:
     """Seconds of one cached forward of `width` tokens on top of `side`'s cache, then rolled back."""
     tokens = side.mask.new_ones(side.mask.shape[0], width)  # any token: cost does not depend on it
     valid = tokens.bool()
-    t = time.perf_counter()
+    t = clock()
     side.extend(tokens, valid, last_only=width == 1)
-    seconds = time.perf_counter() - t
+    seconds = clock() - t
     side.keep(~valid)
     return seconds
 
@@ -425,11 +439,13 @@ class Costs:
 
 
 @torch.inference_mode()
-def measure_costs(target, draft, input_ids, *, draft_len: int, attention_mask=None, calls: int = 30) -> Costs:
+def measure_costs(target, draft, input_ids, *, draft_len: int, attention_mask=None, calls: int = 30,
+                  clock=time.perf_counter) -> Costs:
     """Leviathan's c, and what his model leaves out: a verification call costs more than one token.
 
     All run on top of the same prompt in their caches, one call of each in turn,
     so a noisy neighbour slows every side alike; medians, after one warm-up round.
+    `clock=time.process_time` counts CPU seconds only, for a machine shared with others.
     """
     ids, mask = as_batch(input_ids, attention_mask)
     tgt, drf = as_decoder(target), as_decoder(draft)
@@ -437,8 +453,8 @@ def measure_costs(target, draft, input_ids, *, draft_len: int, attention_mask=No
     drf.start(ids, mask)
     one, wide, d = [], [], []
     for _ in range(calls + 1):
-        one.append(step_seconds(tgt, 1))
-        wide.append(step_seconds(tgt, draft_len + 1))
-        d.append(step_seconds(drf, 1))
+        one.append(step_seconds(tgt, 1, clock))
+        wide.append(step_seconds(tgt, draft_len + 1, clock))
+        d.append(step_seconds(drf, 1, clock))
     t = statistics.median(one[1:])
     return Costs(statistics.median(d[1:]) / t, statistics.median(wide[1:]) / t)

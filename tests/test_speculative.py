@@ -73,30 +73,39 @@ def test_first_layers_of_the_target_work_as_a_draft(zoo_models):
 
 # --- sampling: the output follows the target's distribution exactly -------------------------------
 
-PROMPT, TEMPERATURE, N = "To be", 1.0, 4000
+PROMPT, TEMPERATURE, N, DEPTH = "To be", 1.0, 4000, 3
 
 
-def exact_two_token_probs(model) -> dict[tuple[int, int], float]:
-    """P(first two generated tokens) under the target: p(x1) p(x2 | x1); an end token ends the pair."""
+def exact_probs(model) -> dict[tuple, float]:
+    """P(first DEPTH generated tokens) under the target, p(x1) p(x2 | x1) ..., for every
+    sequence expected at least 5 times in N draws; an end token ends a sequence (padded with it)."""
     tok, eos = model.tokenizer, model.tokenizer.eos_token_id
-    ids = tok(PROMPT, return_tensors="pt")["input_ids"]
+    prompt = tok(PROMPT)["input_ids"]
+    probs, frontier = {}, [((), 1.0)]
     with torch.inference_mode():
-        p1 = torch.softmax(model.hf(input_ids=ids).logits[0, -1] / TEMPERATURE, -1).double()
-        firsts = torch.arange(p1.numel())
-        both = torch.cat([ids.repeat(p1.numel(), 1), firsts[:, None]], 1)
-        p2 = torch.softmax(model.hf(input_ids=both).logits[:, -1] / TEMPERATURE, -1).double()
-    joint = (p1[:, None] * p2)
-    probs = {(a, b): float(joint[a, b]) for a in range(p1.numel()) for b in range(p1.numel()) if a != eos}
-    probs[(eos, eos)] = float(p1[eos])
+        for depth in range(DEPTH):
+            ids = torch.tensor([prompt + list(seq) for seq, _ in frontier])
+            p = torch.softmax(model.hf(input_ids=ids).logits[:, -1].double() / TEMPERATURE, -1)
+            grown = [(seq + (x,), mass * float(p[i, x])) for i, (seq, mass) in enumerate(frontier)
+                     for x in range(p.shape[1])]
+            grown = [(seq, mass) for seq, mass in grown if mass * N >= 5]
+            probs |= {seq + (eos,) * (DEPTH - len(seq)): mass for seq, mass in grown
+                      if seq[-1] == eos or depth == DEPTH - 1}
+            frontier = [(seq, mass) for seq, mass in grown if seq[-1] != eos]
     return probs
 
 
-def pairs(tokens: list[list[int]], eos: int) -> list[tuple[int, int]]:
-    return [tuple((t + [eos, eos])[:2]) for t in tokens]  # tokens come stripped of the end token
+@pytest.fixture(scope="module")
+def exact(target):
+    return exact_probs(target)
+
+
+def prefixes(tokens: list[list[int]], eos: int) -> list[tuple]:
+    return [tuple((t + [eos] * DEPTH)[:DEPTH]) for t in tokens]  # tokens come stripped of the end token
 
 
 def fit_pvalue(samples: list[tuple], probs: dict[tuple, float]) -> float:
-    """Chi-square goodness of fit; cells expected fewer than 5 times are pooled into one."""
+    """Chi-square goodness of fit over the cells expected at least 5 times, the rest pooled into one."""
     n, counts = len(samples), Counter(samples)
     cells = sorted((c for c, p in probs.items() if p * n >= 5), key=probs.get)
     observed = [counts[c] for c in cells]
@@ -111,28 +120,32 @@ def fit_pvalue(samples: list[tuple], probs: dict[tuple, float]) -> float:
     return float(chisquare(observed, expected).pvalue)
 
 
-# With max_new_tokens=3 a round proposes at most 2 tokens. At adaptive=0.1 some rows stop
-# proposing after one token and draw their bonus token from p, others go on to two.
+# The prompt's forward yields token 1; with max_new_tokens=4 the first round proposes
+# tokens 2 and 3 (up to 2 proposals), so the cells test acceptance, the residual draw
+# and the bonus token. At adaptive=0.1 some rows stop proposing after one token and
+# draw token 3 as their bonus from p; others propose two.
 @pytest.mark.parametrize("draft_len,adaptive", [(1, None), (2, None), (2, 0.1)])
-def test_sampled_tokens_follow_the_targets_exact_probabilities(target, draft, draft_len, adaptive):
+def test_sampled_tokens_follow_the_targets_exact_probabilities(target, draft, exact, draft_len, adaptive):
     ids = target.tokenizer([PROMPT] * N, return_tensors="pt")
     spec = speculative_generate(target, draft, ids, draft_len=draft_len, temperature=TEMPERATURE,
-                                max_new_tokens=3, generator=torch.Generator().manual_seed(draft_len),
+                                max_new_tokens=DEPTH + 1, generator=torch.Generator().manual_seed(draft_len),
                                 adaptive=adaptive)
     s = spec.stats
     assert s.judged > s.accepted > 0  # rejections and acceptances both happened
     if adaptive:  # many rows that had their first proposal accepted did not offer a second
         assert 0 < s.position_judged[1] < 0.6 * s.position_accepted[0]
-    assert fit_pvalue(pairs(spec.tokens, target.tokenizer.eos_token_id),
-                      exact_two_token_probs(target)) > SIGNIFICANCE
+    assert fit_pvalue(prefixes(spec.tokens, target.tokenizer.eos_token_id), exact) > SIGNIFICANCE
 
 
-def test_the_fit_test_rejects_a_sampler_that_always_accepts_the_draft(target, draft):
-    # Accepting every proposal emits the draft's own samples.
-    naive = generate(draft.hf, draft.tokenizer, [PROMPT] * N, max_new_tokens=2, temperature=TEMPERATURE,
-                     generator=torch.Generator().manual_seed(0))
-    assert fit_pvalue(pairs(naive.tokens, target.tokenizer.eos_token_id),
-                      exact_two_token_probs(target)) < 1e-9
+def test_the_fit_test_rejects_a_sampler_that_always_accepts_the_draft(target, draft, exact):
+    # Accepting every proposal emits the draft's own samples after the target's first token.
+    tok = target.tokenizer
+    first = generate(target.hf, tok, [PROMPT] * N, max_new_tokens=1, temperature=TEMPERATURE,
+                     generator=torch.Generator().manual_seed(0)).tokens
+    naive = generate(draft.hf, tok, [PROMPT + tok.decode(f) for f in first], max_new_tokens=DEPTH - 1,
+                     temperature=TEMPERATURE, generator=torch.Generator().manual_seed(0))
+    tokens = [f + t if f else [] for f, t in zip(first, naive.tokens)]  # [] : the first token ended it
+    assert fit_pvalue(prefixes(tokens, tok.eos_token_id), exact) < 1e-9
 
 
 def test_the_fit_test_rejects_resampling_from_p_instead_of_the_residual(target, draft):
