@@ -50,7 +50,7 @@ def test_filters_never_run_a_model(lab):
 
 
 @pytest.mark.parametrize("name,bad", [("bits", 1), ("bits", 17), ("budget", -5.0), ("group_size", -3),
-                                      ("threshold", 1.5), ("task", "additon"), ("k", 99)])
+                                      ("threshold", -1.0), ("task", "additon"), ("k", 99)])
 def test_invalid_values_are_refused_in_the_status_line(lab, name, bad):
     before = getattr(lab.state, name)
     setattr(lab.state, name, bad)
@@ -111,3 +111,17 @@ def test_technique_views_follow_the_selection_and_k_moves_no_run(tmp_path):
     lab.state.k = 4
     assert curve.k == 4 and lab.runner.runs_started == runs
     lab.runner.close()
+
+
+def test_each_exit_criterion_gets_a_threshold_on_its_own_scale(lab):
+    lab.state.criterion = "agreement"
+    assert lab.state.criterion == "agreement" and lab.state.threshold == 2
+    assert lab.controls["threshold_agreement"].value == 2
+    lab.state.criterion = "entropy"
+    assert lab.state.criterion == "entropy" and 0 <= lab.state.threshold <= 3
+    lab.state.threshold = 1.25
+    assert lab.controls["threshold_entropy"].value == 1.25
+    lab.controls["threshold_entropy"].value = 0.75  # the user moves the visible slider
+    assert lab.state.threshold == 0.75
+    lab.controls["threshold_max_prob"].value = 0.6  # a hidden slider writes nothing
+    assert lab.state.threshold == 0.75

@@ -16,7 +16,7 @@ from explorer.frontier import best_under_budget, with_derived
 from explorer.store import Store
 from widgets.frontier import FrontierView
 from widgets.runner import Runner
-from widgets.state import COST_AXES, TECHNIQUES, LabState
+from widgets.state import COST_AXES, TECHNIQUES, THRESHOLDS, LabState
 
 BITS = [2, 3, 4, 5, 6, 8, 16]
 GROUPS = [("per channel", 0), ("32", 32), ("64", 64), ("128", 128)]
@@ -39,6 +39,23 @@ def bind(control: w.ValueWidget, state: LabState, name: str) -> w.ValueWidget:
     return control
 
 
+def link_threshold(slider: w.ValueWidget, state: LabState, criterion: str) -> None:
+    def to_state(change):
+        if state.criterion == criterion:
+            setattr(state, "threshold", change["new"])
+            if state.threshold != change["new"]:
+                slider.value = state.threshold
+
+    def to_slider(_=None):
+        lo, hi, _default = THRESHOLDS[criterion]
+        if state.criterion == criterion and lo <= state.threshold <= hi:
+            slider.value = state.threshold
+
+    to_slider()
+    slider.observe(to_state, names="value")
+    state.observe(to_slider, names=["threshold", "criterion"])
+
+
 def controls(state: LabState) -> dict[str, w.Widget]:
     style = {"description_width": "90px"}
     c = {
@@ -49,8 +66,6 @@ def controls(state: LabState) -> dict[str, w.Widget]:
         "format": w.ToggleButtons(options=["int", "fp"], description="format", style=style),
         "group_size": w.Dropdown(options=GROUPS, description="group size", style=style),
         "criterion": w.Dropdown(options=["max_prob", "entropy", "agreement"], description="exit when", style=style),
-        "threshold": w.FloatSlider(min=0.5, max=1.0, step=0.01, description="threshold", style=style,
-                                   continuous_update=False),
         "draft": w.Dropdown(options=ex.zoo.names()[:-1], description="draft", style=style),
         "draft_len": w.IntSlider(min=1, max=8, description="draft length", style=style, continuous_update=False),
         "samples": w.Dropdown(options=[4, 8, 16, 32, 64], description="samples", style=style),
@@ -62,6 +77,16 @@ def controls(state: LabState) -> dict[str, w.Widget]:
         if name != "budget":
             bind(control, state, name)
     c["budget"].observe(lambda ch: setattr(state, "budget", ch["new"]), names="value")
+
+    # One threshold slider per criterion, each on its own fixed scale (a slider whose range
+    # moved would clamp and so write a threshold the user never chose); only the slider of
+    # the current criterion writes to the state.
+    for criterion, (lo, hi, _default) in THRESHOLDS.items():
+        kind = w.IntSlider if criterion == "agreement" else w.FloatSlider
+        slider = kind(min=lo, max=hi, description="threshold", style=style, continuous_update=False,
+                      **({} if criterion == "agreement" else {"step": 0.01}))
+        c[f"threshold_{criterion}"] = slider
+        link_threshold(slider, state, criterion)
     state.observe(lambda ch: setattr(c["k"], "max", ch["new"]), names="samples")
     return c
 
@@ -103,17 +128,19 @@ class Lab(w.VBox):
         panels = {
             "baseline": [],
             "quantize": [c["bits"], c["format"], c["group_size"]],
-            "early_exit": [c["criterion"], c["threshold"]],
             "speculative": [c["draft"], c["draft_len"]],
             "sampling": [c["samples"], c["k"]],
         }
         knobs = w.VBox()
 
         def show_panel(_=None):
-            knobs.children = panels[self.state.technique]
+            if self.state.technique == "early_exit":
+                knobs.children = [c["criterion"], c[f"threshold_{self.state.criterion}"]]
+            else:
+                knobs.children = panels[self.state.technique]
 
         show_panel()
-        self.state.observe(show_panel, names="technique")
+        self.state.observe(show_panel, names=["technique", "criterion"])
         self.state.observe(lambda ch: self._status(), names=["status", "busy"])
         self.state.observe(lambda ch: setattr(self.progress, "value", ch["new"]), names="progress")
         self.state.observe(lambda ch: self._card(), names=["budget", "cost_axis", "task"])

@@ -20,8 +20,10 @@ TECHNIQUES = ("baseline", "quantize", "early_exit", "speculative", "sampling")
 COST_AXES = ("weight_bytes", "flops_per_problem_analytic", "flops_per_token_analytic", "wall_s_per_token", "wall_s")
 # Each technique knob and the technique whose config checks it.
 KNOB_OWNER = {"bits": "quantize", "format": "quantize", "group_size": "quantize",
-              "criterion": "early_exit", "threshold": "early_exit",
+              "threshold": "early_exit",
               "draft": "speculative", "draft_len": "speculative", "samples": "sampling"}
+# Each exit criterion's threshold scale for the lab's slider: (low, high, default).
+THRESHOLDS = {"max_prob": (0.5, 1.0, 0.9), "entropy": (0.0, 3.0, 0.5), "agreement": (1, 7, 2)}
 # Knobs that only filter what is shown: changing them never runs a model.
 FILTERS = ("budget", "cost_axis", "k")
 
@@ -81,6 +83,19 @@ class LabState(t.HasTraits):
             self.refuse(name, value, str(err.args[0]) if err.args else str(err))
             return getattr(self, name)  # keep the previous value
         return value
+
+    @t.validate("criterion")
+    def _v_criterion(self, proposal):
+        # Checked with that criterion's own default threshold; the observer below moves the
+        # threshold onto the new criterion's scale (agreement counts layers, entropy is in nats).
+        return self._checked(proposal, lambda value: self.technique_config(
+            technique="early_exit", criterion=value, threshold=THRESHOLDS.get(value, (0, 1, 0.9))[2]))
+
+    @t.observe("criterion")
+    def _criterion_moved(self, change):
+        lo, hi, default = THRESHOLDS[change["new"]]
+        if not lo <= self.threshold <= hi or (change["new"] == "agreement") != float(self.threshold).is_integer():
+            self.threshold = default
 
     @t.validate(*KNOB_OWNER)
     def _v_knob(self, proposal):
