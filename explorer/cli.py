@@ -214,6 +214,8 @@ def cmd_lab(args) -> int:
     argv = [sys.executable, "-m", "jupyter", "lab", f"--ServerApp.root_dir={root}",
             "--LabApp.default_url=/lab/tree/notebooks/tour.ipynb"]
     argv += ["--no-browser"] * args.no_browser + [f"--port={args.port}"] * (args.port is not None)
+    # JupyterLab refuses root without this; a workshop container or a CI box often is root.
+    argv += ["--allow-root"] * (hasattr(os, "geteuid") and os.geteuid() == 0)
     # Replace this process: Ctrl-C and a terminate signal reach JupyterLab itself, and no server outlives us.
     os.chdir(root)
     os.execv(sys.executable, argv + args.jupyter_args)
