@@ -119,16 +119,16 @@ class SpecStats:
     """
 
     draft_len: int
-    target_calls: int = 0  # forwards of the target: the prompt's (it yields the first token) and each round's
-    draft_calls: int = 0  # forwards of the draft (prefill excluded)
+    target_calls: int = 0  # forwards of the target (the first reads the prompt too)
+    draft_calls: int = 0  # forwards of the draft (the first reads the prompt too)
     drafted: int = 0  # proposals offered to the target
     judged: int = 0  # proposals the target decided on
     accepted: int = 0
     tokens: int = 0  # emitted tokens, end-of-sequence included
     eos_accepted: int = 0  # rounds ended by an accepted end-of-sequence (no token of the target's own)
-    target_positions: int = 0  # token positions the target ran after the prompt, plus one for the prompt's last
+    target_positions: int = 0  # token positions the target ran, the prompt's aside (for analytic FLOPs)
     draft_positions: int = 0
-    steps: int = 0  # rounds: batched verification forwards (as Generation.steps, the prompt's excluded)
+    steps: int = 0  # rounds: batched forwards of the target
     position_judged: list[int] = field(default_factory=list)
     position_accepted: list[int] = field(default_factory=list)
 
@@ -277,46 +277,42 @@ def speculative_generate(target, draft, input_ids, *, draft_len: int, temperatur
     stats = SpecStats(draft_len)
     out: list[list[int]] = [[] for _ in range(batch)]
     logp = [0.0] * batch
-    # The prompt's forward yields the first token, as the target alone's does; the
-    # draft then proposes from there. (Holding the last prompt token back for the
-    # first round would cost a whole round per prompt.)
-    first = tgt.start(ids, mask)
-    drf.start(ids, mask)
+    # Neither model runs the prompt on its own: the draft's first call reads the prompt
+    # and proposes, and the target's first call reads the prompt and verifies, as
+    # transformers' assisted generation does. Every target call then yields tokens.
+    tgt.start(ids[:, :0], mask[:, :0])
+    drf.start(ids[:, :0], mask[:, :0])
     rows = torch.arange(batch)
-    no_drafts, none = torch.empty(batch, 0, dtype=torch.long), torch.zeros(batch, dtype=torch.long)
-    nxt = torch.multinomial(torch.softmax(first / temperature, -1), 1, generator=generator)[:, 0] \
-        if temperature else first.argmax(-1)
-    stats.target_calls += batch
-    stats.target_positions += batch
-    done = emit(out, logp, rows, no_drafts, none, nxt, torch.log_softmax(first[:, None] / (temperature or 1.0), -1),
-                eos, max_new_tokens, stats)
-    t_next = d_next = nxt[:, None]
-    d_valid = torch.ones(batch, 1, dtype=torch.bool)
-    rows, t_next, d_next, d_valid = drop_done(done, rows, (t_next, d_next, d_valid), tgt, drf)
+    t_next, t_valid = ids, mask.bool()  # not yet in the target's cache
+    d_next, d_valid = ids, mask.bool()  # not yet in the draft's cache
     while rows.numel():
         live = rows.numel()
         left = torch.tensor([max_new_tokens - len(out[r]) for r in rows.tolist()])
         cap = (left - 1).clamp(max=draft_len)  # never propose past max_new_tokens
         drafts, qs, lens = propose(drf, d_next, d_valid, cap, temperature, adaptive, eos, generator, stats)
         g = drafts.shape[1]
-        logits = tgt.extend(torch.cat([t_next, drafts], 1), torch.ones(live, g + 1, dtype=torch.bool))
+        if stats.steps == 0 and g:  # the prompt's positions are not decoding work (as for the target)
+            stats.draft_positions -= live * (ids.shape[1] - 1)
+        logits = tgt.extend(torch.cat([t_next, drafts], 1),
+                            torch.cat([t_valid, torch.ones(live, g, dtype=torch.bool)], 1))[:, -g - 1:]
         n, nxt = verify(logits, drafts, qs, lens, temperature, generator)
         stats.steps += 1
         stats.target_calls += live
         stats.target_positions += live * (g + 1)
         record(stats, n, lens)
         tgt.keep(torch.arange(g + 1)[None] <= n[:, None])
+        one = torch.ones(live, 1, dtype=torch.bool)
         if g:
             drf.keep(torch.arange(g - 1)[None] < n[:, None])  # the last proposal was never fed
             full = n == g
             d_next = torch.cat([drafts[:, -1:], nxt[:, None]], 1) if full.any() else nxt[:, None]
-            d_valid = torch.stack([full, torch.ones_like(full)], 1) if full.any() else torch.ones(live, 1, dtype=torch.bool)
-        else:
-            d_next, d_valid = torch.cat([d_next, nxt[:, None]], 1), torch.cat([d_valid, torch.ones(live, 1, dtype=torch.bool)], 1)
-        t_next = nxt[:, None]
+            d_valid = torch.cat([full[:, None], one], 1) if full.any() else one
+        else:  # nothing was proposed, so the draft has not read what it was given
+            d_next, d_valid = torch.cat([d_next, nxt[:, None]], 1), torch.cat([d_valid, one], 1)
+        t_next, t_valid = nxt[:, None], one
         lp = torch.log_softmax(logits / (temperature or 1.0), -1)
         done = emit(out, logp, rows, drafts, n, nxt, lp, eos, max_new_tokens, stats)
-        rows, t_next, d_next, d_valid = drop_done(done, rows, (t_next, d_next, d_valid), tgt, drf)
+        rows, t_next, t_valid, d_next, d_valid = drop_done(done, rows, (t_next, t_valid, d_next, d_valid), tgt, drf)
     tokens = [strip_eos(r, eos) for r in out]
     tok = getattr(target, "tokenizer", None)
     texts = tok.batch_decode(tokens, skip_special_tokens=True) if tok is not None else []
