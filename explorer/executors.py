@@ -152,8 +152,10 @@ def start_ray(address: str | None, num_cpus: int | None, attempts: int = 3) -> N
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a workshop tool phones nobody
     for attempt in range(attempts):
         try:
+            # A local cluster stays on loopback: nothing of a laptop's sweep listens on its network.
+            local = {} if address else {"_node_ip_address": "127.0.0.1"}
             ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": worker_env()})
+                     runtime_env={"env_vars": worker_env()}, **local)
             return
         except Exception as err:  # Ray raises a bare Exception for this
             if "timed out during startup" not in str(err) or attempt == attempts - 1:
