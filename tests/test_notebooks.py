@@ -1,0 +1,232 @@
+"""The workshop: every notebook runs headless, prints the numbers that decide its claims,
+installs and runs from binder/ in a fresh virtual environment, and serves as a Voila app.
+
+The slow tests execute the notebooks with nbclient (real kernels, one thread each, the
+embedded zoo, no network), two at a time on this two-core machine, into one results store
+that the Voila test then reuses (so the app page loads from cached runs).
+"""
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from tests import jupyter_harness as jh
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTEBOOKS = ROOT / "notebooks"
+NAMES = ["tour", "quantization", "early_exit", "speculative", "sampling", "budget"]
+CLAIM = re.compile(r"^CLAIM (?P<name>.+?): (?P<verdict>SHOWN|NOT SHOWN) \| (?P<numbers>.+)$", re.M)
+RAN = re.compile(r"this notebook ran in (?P<wall>\d+) s \((?P<cpu>\d+) s of CPU in this kernel\)")
+HUB_SKIPPED = "Skipped the Hugging Face pair"
+# A runaway guard, not a timing assertion: CPU seconds of the kernel (a busy machine does not inflate
+# them as it does wall time). The workshop's target is a minute on one core; on this machine they take
+# 17 to 33 s of CPU.
+CPU_GUARD_S = 120
+
+# Every claim each notebook must decide, by the name it prints.
+CLAIMS = {
+    "tour": ["no configuration is best at every budget"],
+    "quantization": [f"{c} ({m})" for m in ("zoo-m", "zoo-l") for c in
+                     ("8-bit near-lossless", "3 bits and below break", "groups rescue 4 bits")]
+    + [f"bigger at 4 bits beats smaller at 8 bits ({t})" for t in ("sort", "multiplication")],
+    "early_exit": [f"early exit skips most layers at small cost ({m}, {t})" for m in ("zoo-l", "zoo-m")
+                   for t in ("addition", "sort")]
+    + [f"easy tokens exit earlier (zoo-l, {t})" for t in ("addition", "sort")],
+    "speculative": ["speculative output unchanged", "speculative speed-up peaks at some draft length",
+                    "predicted speed-up peaks at some draft length"],
+    "sampling": [f"{c} ({case})" for case in ("zoo-m, multiplication", "zoo-s, subtraction")
+                 for c in ("pass@k is log-linear in k", "majority vote plateaus", "imperfect verifier caps best-of-k")],
+    "budget": [f"a smaller model with more samples beats zoo-l under its budget, {j}" for j in
+               ("pass@k (exact checker)", "majority vote (no checker)", "best-of-k, imperfect checker")],
+}
+# Claims whose outcome does not hang on timing noise or a close call: greedy speculative output is the
+# target's by construction, and the rest were decided by wide margins on this zoo (printed in the report).
+MUST_SHOW = {
+    "speculative output unchanged",
+    "3 bits and below break (zoo-m)", "3 bits and below break (zoo-l)",
+    "8-bit near-lossless (zoo-m)", "8-bit near-lossless (zoo-l)",
+    "bigger at 4 bits beats smaller at 8 bits (multiplication)",
+    "easy tokens exit earlier (zoo-l, addition)", "easy tokens exit earlier (zoo-l, sort)",
+    "early exit skips most layers at small cost (zoo-l, addition)",
+    "pass@k is log-linear in k (zoo-m, multiplication)", "pass@k is log-linear in k (zoo-s, subtraction)",
+    "majority vote plateaus (zoo-m, multiplication)", "imperfect verifier caps best-of-k (zoo-m, multiplication)",
+    "a smaller model with more samples beats zoo-l under its budget, pass@k (exact checker)",
+    "no configuration is best at every budget",
+}
+
+
+def read(name: str) -> nbformat.NotebookNode:
+    return nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+
+
+def code_cells(nb) -> list[str]:
+    return [c.source for c in nb.cells if c.cell_type == "code"]
+
+
+# -- fast: what is committed --------------------------------------------------------------
+
+def test_the_workshop_has_a_tour_and_one_notebook_per_trade_off():
+    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted(NAMES)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebooks_are_committed_without_outputs(name):
+    for cell in read(name).cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{name}: {cell.source[:60]!r}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_notebook_runs_on_one_thread_states_its_claim_and_asks_for_a_prediction(name):
+    nb = read(name)
+    assert "torch.set_num_threads(1)" in code_cells(nb)[0]
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    assert "claim" in text.lower() and re.search(r"\(\D+ et al\. 20\d\d|\d{4}, \*", text), name
+    assert "**Predict before you run.**" in text, name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_notebook_has_one_optional_hub_cell_that_catches_model_not_found(name):
+    hub = [c for c in code_cells(read(name)) if "except ex.ModelNotFound" in c]
+    assert len(hub) == 1 and "HuggingFaceTB/SmolLM2" in hub[0] and "download" in hub[0]
+
+
+# -- slow: run them ----------------------------------------------------------------------
+
+def execute(path: Path, env_store: Path, timeout: int = 600) -> tuple[nbformat.NotebookNode, float]:
+    """Run a notebook top to bottom in a fresh kernel; return it with its outputs, and the wall seconds."""
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(path, as_version=4)
+    client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
+                            resources={"metadata": {"path": str(path.parent)}})
+    start = time.perf_counter()
+    asyncio.run(client.async_execute())  # one event loop per thread: notebooks run side by side
+    return nb, time.perf_counter() - start
+
+
+def stdout(nb) -> str:
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                   if o.output_type == "stream" and o.name == "stdout")
+
+
+@pytest.fixture(scope="session")
+def workshop_store(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("workshop-store")
+
+
+@pytest.fixture(scope="session")
+def executed(workshop_store):
+    """Every notebook, executed once per session, two at a time (one kernel per core)."""
+    os.environ["EXPLORER_STORE"] = str(workshop_store)  # the kernels inherit it; HF_HUB_OFFLINE is set
+    try:
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            runs = dict(zip(NAMES, pool.map(lambda n: execute(NOTEBOOKS / f"{n}.ipynb", workshop_store), NAMES)))
+    finally:
+        os.environ.pop("EXPLORER_STORE", None)
+    lines = ["notebook      wall s  kernel CPU s   (two notebooks at a time on this machine)"]
+    for name, (nb, wall) in runs.items():
+        ran = RAN.search(stdout(nb))
+        lines.append(f"{name:<13} {wall:6.1f}  {ran['cpu'] if ran else '?':>6}")
+        lines += [m.group(0) for m in CLAIM.finditer(stdout(nb))]
+    jh.ARTIFACTS.mkdir(exist_ok=True)
+    (jh.ARTIFACTS / "notebooks.txt").write_text("\n".join(lines) + "\n")
+    print("\n" + "\n".join(lines))
+    return runs
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_notebook_runs_and_prints_the_numbers_that_decide_its_claims(executed, name):
+    nb, _ = executed[name]
+    out = stdout(nb)
+    claims = {m["name"]: m for m in CLAIM.finditer(out)}
+    assert sorted(claims) == sorted(CLAIMS[name]), out
+    for claim_name, m in claims.items():
+        assert re.search(r"\d\.\d", m["numbers"]), f"{claim_name}: no measured number in {m['numbers']!r}"
+        if claim_name in MUST_SHOW:
+            assert m["verdict"] == "SHOWN", m.group(0)
+    assert HUB_SKIPPED in out  # offline: the optional cell says so instead of failing or hanging
+    ran = RAN.search(out)
+    assert ran is not None and int(ran["cpu"]) < CPU_GUARD_S, out[-500:]
+
+
+@pytest.mark.slow
+def test_voila_serves_the_budget_explorer_and_its_slider_moves_the_answer(executed, workshop_store, tmp_path):
+    # The notebooks' runs are in the store: the app page executes the notebook from cached rows.
+    shutil.copytree(workshop_store, tmp_path / "store")
+    argv = [sys.executable, "-m", "voila", "notebooks/budget.ipynb", "--no-browser", "--Voila.ip=127.0.0.1"]
+    with jh.server(argv, ROOT, tmp_path, "/voila/static/voila.js") as url, jh.browser() as page:
+        page.goto(url + "/", timeout=240_000)
+        card = page.locator(".budget-card")
+        card.wait_for(timeout=240_000)
+        page.wait_for_selector(".vega-embed svg", timeout=60_000)
+        before, chart_before = card.inner_text(), page.locator(".vega-embed svg").first.inner_html()
+        assert "best is" in before and "(1 x one zoo-l answer)" in before, before
+        jh.shot(page, "voila-budget-before")
+        page.locator(".widget-hslider:has(label:text-is('budget')) .noUi-handle").first.focus()
+        for _ in range(10):
+            page.keyboard.press("ArrowLeft")  # ten steps of 0.05 in log10: about a third of the budget
+        # Each step is a change of its own; wait for the card to catch up with the last one.
+        page.wait_for_function("() => { const m = /\\(([\\d.]+) x one zoo-l answer\\)/.exec("
+                               "document.querySelector('.budget-card').innerText);"
+                               " return m && parseFloat(m[1]) < 0.5; }", timeout=60_000)
+        after = card.inner_text()
+        jh.shot(page, "voila-budget-after")
+        share = float(re.search(r"\(([\d.]+) x one zoo-l answer\)", after)[1])
+        assert 0.2 < share < 0.5 and after != before, after
+        assert page.locator(".vega-embed svg").first.inner_html() != chart_before  # the budget rule moved
+
+
+@pytest.mark.slow
+def test_explorer_lab_opens_jupyterlab_on_the_tour(tmp_path):
+    argv = [sys.executable, "-m", "explorer.cli", "lab", "--no-browser", "--", "--allow-root",
+            "--ServerApp.token=", "--ServerApp.password=", "--ServerApp.ip=127.0.0.1"]
+    with jh.server(argv, ROOT, tmp_path, "/api/status") as url:
+        with urllib.request.urlopen(url + "/") as landing:
+            assert landing.url.endswith("/lab/tree/notebooks/tour.ipynb")
+        with urllib.request.urlopen(url + "/api/contents/notebooks/tour.ipynb?content=0") as tour:
+            assert tour.status == 200
+    log = next(tmp_path.glob("server-*.log")).read_text()
+    assert "/lab/tree/notebooks/tour.ipynb" in log  # the URL printed for --no-browser users
+
+
+@pytest.mark.slow
+def test_binder_requirements_and_postbuild_install_a_fresh_venv_that_runs_the_tour(tmp_path):
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    env = dict(os.environ, PATH=f"{venv / 'bin'}{os.pathsep}{os.environ['PATH']}", VIRTUAL_ENV=str(venv),
+               EXPLORER_STORE=str(tmp_path / "store"),
+               # Binder reaches download.pytorch.org; here it is unreachable (torch 2.13.0+cpu comes from
+               # this machine's wheel folder), so each lookup there must fail at once, not retry for minutes.
+               PIP_RETRIES="0", PIP_TIMEOUT="20")
+    env.pop("PYTHONPATH", None)
+    python = str(venv / "bin" / "python")
+    subprocess.run([python, "-m", "pip", "install", "-q", "-r", "binder/requirements.txt"], cwd=ROOT, env=env,
+                   check=True, timeout=900)
+    subprocess.run(["bash", "binder/postBuild"], cwd=ROOT, env=env, check=True, timeout=900)
+    script = f"""
+import asyncio, sys, nbformat
+from nbclient import NotebookClient
+nb = nbformat.read({str(NOTEBOOKS / 'tour.ipynb')!r}, as_version=4)
+nb.cells.append(nbformat.v4.new_code_cell("import sys, torch; print('KERNEL', sys.prefix, torch.__version__)"))
+asyncio.run(NotebookClient(nb, timeout=600, kernel_name="python3").async_execute())
+print("".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+              if o.output_type == "stream" and o.name == "stdout"))
+"""
+    out = subprocess.run([python, "-c", script], cwd=NOTEBOOKS, env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"KERNEL {venv} 2.13.0+cpu" in out.stdout, out.stdout[-1000:]
+    assert "CLAIM no configuration is best at every budget: SHOWN" in out.stdout, out.stdout[-2000:]
