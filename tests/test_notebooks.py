@@ -102,6 +102,22 @@ def test_each_notebook_has_one_optional_hub_cell_that_catches_model_not_found(na
     assert len(hub) == 1 and "HuggingFaceTB/SmolLM2" in hub[0] and "download" in hub[0]
 
 
+def test_explorer_lab_hands_jupyterlab_the_tour_and_honours_no_browser(monkeypatch):
+    from explorer import cli
+
+    calls = []
+    monkeypatch.setattr(os, "chdir", lambda path: calls.append(("chdir", Path(path))))
+    monkeypatch.setattr(os, "execv", lambda exe, argv: calls.append(("execv", argv)))  # stop short of exec
+    cli.main(["lab", "--no-browser", "--port", "8899", "--", "--ServerApp.token="])
+    (_, where), (_, argv) = calls
+    assert where == ROOT and argv[:4] == [sys.executable, "-m", "jupyter", "lab"]
+    assert "--LabApp.default_url=/lab/tree/notebooks/tour.ipynb" in argv
+    assert {"--no-browser", "--port=8899", "--ServerApp.token="} <= set(argv)
+    calls.clear()
+    cli.main(["lab"])
+    assert "--no-browser" not in calls[1][1]
+
+
 # -- slow: run them ----------------------------------------------------------------------
 
 def execute(path: Path, env_store: Path, timeout: int = 600) -> tuple[nbformat.NotebookNode, float]:
