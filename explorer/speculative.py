@@ -172,6 +172,7 @@ class SpecStats:
 @dataclass
 class Speculation(Generation):
     stats: SpecStats = None  # type: ignore[assignment]
+    trace: list | None = None  # the rounds of `speculative_generate(trace=...)`, if asked for
 
 
 def predicted_speedup(alpha: float, draft_len: int, cost_ratio: float) -> float:
@@ -256,7 +257,8 @@ def eos_of(target) -> int:
 @torch.inference_mode()
 def speculative_generate(target, draft, input_ids, *, draft_len: int, temperature: float,
                          max_new_tokens: int, generator: torch.Generator | None = None,
-                         adaptive: float | None = None, attention_mask=None) -> Speculation:
+                         adaptive: float | None = None, attention_mask=None,
+                         trace: list | None = None) -> Speculation:
     """Decode with `draft` proposing and `target` verifying; the output is the target's.
 
     `target` and `draft` are explorer Models, transformers causal LMs or `Decoder`s.
@@ -264,6 +266,9 @@ def speculative_generate(target, draft, input_ids, *, draft_len: int, temperatur
     probability that all its proposals this round survive (the product of its
     probabilities for them) falls below tau; `draft_len` still caps the round.
     Returns the tokens (as `explorer.generate.generate` does) and `stats`.
+    `trace`: a list to append one record per row per target call, `{"row", "accepted",
+    "rejected", "bonus"}` (token ids; `bonus` is the target's own token, or None when the
+    round ended on an accepted end-of-sequence): the token stream a learner can watch.
     """
     check_knobs(draft_len, temperature, max_new_tokens, adaptive)
     check_pair(target, draft)
@@ -311,12 +316,14 @@ def speculative_generate(target, draft, input_ids, *, draft_len: int, temperatur
             d_next, d_valid = torch.cat([d_next, nxt[:, None]], 1), torch.cat([d_valid, one], 1)
         t_next, t_valid = nxt[:, None], one
         lp = torch.log_softmax(logits / (temperature or 1.0), -1)
+        if trace is not None:
+            trace.extend(rounds(rows, drafts, n, lens, nxt, eos))
         done = emit(out, logp, rows, drafts, n, nxt, lp, eos, max_new_tokens, stats)
         rows, t_next, t_valid, d_next, d_valid = drop_done(done, rows, (t_next, t_valid, d_next, d_valid), tgt, drf)
     tokens = [strip_eos(r, eos) for r in out]
     tok = getattr(target, "tokenizer", None)
     texts = tok.batch_decode(tokens, skip_special_tokens=True) if tok is not None else []
-    return Speculation(tokens, texts, logp, stats.tokens, stats.steps, stats)
+    return Speculation(tokens, texts, logp, stats.tokens, stats.steps, stats, trace)
 
 
 def drop_done(done, rows, pending, tgt: Decoder, drf: Decoder):
@@ -397,6 +404,16 @@ def record(stats: SpecStats, n: torch.Tensor, lens: torch.Tensor) -> None:
         for j in range(judged):
             stats.position_judged[j] += 1
             stats.position_accepted[j] += j < k
+
+
+def rounds(rows, drafts, n, lens, nxt, eos) -> list[dict]:
+    """One trace record per row of this target call: what was kept, what was thrown away."""
+    out = []
+    for r, row, k, g, t in zip(rows.tolist(), drafts.tolist(), n.tolist(), lens.tolist(), nxt.tolist()):
+        kept = row[:k]
+        ended = eos in kept  # an accepted end-of-sequence ends the round with no token of the target's
+        out.append({"row": r, "accepted": kept, "rejected": row[k:g], "bonus": None if ended else t})
+    return out
 
 
 def emit(out, logp, rows, drafts, n, nxt, lp, eos, max_new_tokens, stats: SpecStats) -> torch.Tensor:

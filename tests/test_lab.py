@@ -49,6 +49,21 @@ def test_filters_never_run_a_model(lab):
     assert "300,000" in lab.card.value or "3e+05" in lab.card.value
 
 
+def test_the_k_slider_moves_sampling_points_without_a_run(tmp_path):
+    lab = Lab(tmp_path / "s", models=["zoo-xs"], technique="sampling", samples=8, task="multiplication", n=8)
+    lab.runner.wait(120)
+    runs = lab.runner.runs_started
+    at = {}
+    for k in (8, 1):
+        lab.state.k = k
+        (point,) = [r for r in lab.frontier.widget.spec["datasets"]["rows"] if r["technique"] == "sampling"]
+        at[k] = point
+    assert lab.runner.runs_started == runs
+    assert at[1]["flops_per_problem_analytic"] == pytest.approx(at[8]["flops_per_problem_analytic"] / 8)
+    assert "k=1" in lab.state.status and "no new run" in lab.state.status
+    lab.runner.close()
+
+
 @pytest.mark.parametrize("name,bad", [("bits", 1), ("bits", 17), ("budget", -5.0), ("group_size", -3),
                                       ("threshold", -1.0), ("task", "additon"), ("k", 99)])
 def test_invalid_values_are_refused_in_the_status_line(lab, name, bad):
@@ -110,6 +125,21 @@ def test_technique_views_follow_the_selection_and_k_moves_no_run(tmp_path):
     runs = lab.runner.runs_started
     lab.state.k = 4
     assert curve.k == 4 and lab.runner.runs_started == runs
+    lab.runner.close()
+
+
+def test_a_live_speculative_run_feeds_the_token_stream_view(tmp_path):
+    from widgets.tokens import SpecStreamView
+
+    lab = Lab(tmp_path / "s", models=["zoo-s"], technique="speculative", draft="zoo-xs", draft_len=3, n=4)
+    lab.runner.wait(120)
+    (view,) = lab.detail.children
+    assert isinstance(view, SpecStreamView) and view.calls
+    assert all(len(c["accepted"]) + len(c["rejected"]) <= 3 for c in view.calls)
+    lab.state.draft_len = 5  # a new run, a new stream
+    lab.runner.wait(120)
+    (longer,) = lab.detail.children
+    assert longer is not view and "draft_len 5" in longer.title
     lab.runner.close()
 
 

@@ -258,3 +258,21 @@ def test_coverage_rises_with_k_while_majority_flattens_on_zoo_m(mid_model):
     gains = [p[2 * k - 1] - p[k - 1] for k in (1, 2, 4, 8, 16)]
     assert all(g > 0 for g in gains)
     assert p[-1] - p[7] > (m[-1] - m[7]) + 0.02
+
+
+def test_reading_a_row_at_k_uses_its_stored_samples_only(row, tiny_model):
+    from explorer.store import to_frame
+    from explorer.techniques.sampling import read_at_k
+
+    base = ex.run(tiny_model, "addition", ex.Baseline(), n=24, seed=5, repeats=1)
+    df = pl.concat([to_frame(row), to_frame(base)], how="diagonal_relaxed")
+    at_n = read_at_k(df, 8)
+    assert at_n["accuracy"].to_list() == df["accuracy"].to_list()  # at n: the row as stored
+    at_1 = read_at_k(df, 1).row(0, named=True)
+    assert at_1["accuracy"] == pytest.approx(row["sample_accuracy"])  # majority of one is one sample
+    assert at_1["tokens_generated"] == pytest.approx(row["tokens_generated"] / 8)
+    assert at_1["knob_k"] == 1 and at_1["accuracy_lo"] <= at_1["accuracy"] <= at_1["accuracy_hi"]
+    assert read_at_k(df, 64).row(0, named=True)["knob_k"] == 8  # k past n reads all n
+    assert read_at_k(df, 1).row(1, named=True) == df.row(1, named=True)  # not a sampling row: untouched
+    with pytest.raises(ValueError, match="k=0"):
+        read_at_k(df, 0)

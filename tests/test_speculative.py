@@ -225,6 +225,33 @@ def test_statistics_add_up(target, draft, temperature, adaptive):
     assert eos not in [t for row in spec.tokens for t in row]
 
 
+@pytest.mark.parametrize("temperature", [0.0, 0.9])
+def test_the_trace_replays_every_rows_output_call_by_call(target, draft, temperature):
+    prompts = prompts_of(5, seed=4)
+    trace: list = []
+    spec = speculative_generate(target, draft, encode(target.tokenizer, prompts, 200), draft_len=4,
+                                temperature=temperature, max_new_tokens=12, trace=trace,
+                                generator=torch.Generator().manual_seed(3))
+    eos, s = target.tokenizer.eos_token_id, spec.stats
+    assert len(trace) == s.target_calls  # one record per row per target call
+    assert sum(len(r["accepted"]) for r in trace) == s.accepted
+    assert sum(len(r["accepted"]) + len(r["rejected"]) for r in trace) == s.drafted
+    for i, want in enumerate(spec.tokens):
+        got = [t for r in trace if r["row"] == i
+               for t in r["accepted"] + ([] if r["bonus"] is None else [r["bonus"]])]
+        assert [t for t in got if t != eos] == want
+
+
+def test_a_speculative_row_stores_the_first_prompts_token_stream(target):
+    row = ex.run(target, "addition", ex.Speculative(draft="zoo-xs", draft_len=3), n=4)
+    calls = row["spec_trace"]
+    assert calls and all(set(c) == {"accepted", "rejected", "bonus"} for c in calls)
+    text = "".join("".join(c["accepted"]) + (c["bonus"] or "") for c in calls)
+    task = T.get("addition")
+    alone = generate(target.hf, target.tokenizer, [task.examples(4, 0)[0].prompt], max_new_tokens=task.max_new_tokens)
+    assert text.replace(target.tokenizer.eos_token, "") == alone.texts[0]  # greedy: the target's own output
+
+
 def test_a_higher_adaptive_threshold_proposes_less_and_changes_nothing(target, draft):
     enc = encode(target.tokenizer, prompts_of(6, seed=2), 200)
     runs = [speculative_generate(target, draft, enc, draft_len=8, temperature=0.0, max_new_tokens=12,

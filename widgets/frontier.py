@@ -15,6 +15,7 @@ import altair as alt
 import polars as pl
 
 from explorer.frontier import frontier, with_derived
+from explorer.techniques.sampling import read_at_k
 from widgets.state import COST_AXES
 
 DATA = "rows"
@@ -105,13 +106,14 @@ class FrontierView:
         self._spec = self.widget.spec
         self.updates = 0
         state.observe(self._on_filter, names=["budget", "cost_axis"])
+        state.observe(lambda _: self.refresh(), names="k")  # stored samples read at the new k: no run
         self.widget.selections.observe(self._on_pick, names="pick")
 
     def rows(self, df: pl.DataFrame) -> list[dict[str, Any]]:
         if df.height == 0 or "task" not in df.columns:
             return []
         df = df.filter((pl.col("task") == self.state.task) & pl.col("model").is_in(list(self.state.models)))
-        return records(df, self.quality)
+        return records(read_at_k(df, self.state.k), self.quality)  # sampling points at the k slider's k
 
     def params(self) -> dict[str, Any]:
         b = self.state.budget

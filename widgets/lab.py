@@ -14,11 +14,13 @@ import ipywidgets as w
 import explorer as ex
 from explorer.frontier import best_under_budget, with_derived
 from explorer.store import Store
+from explorer.techniques.sampling import read_at_k
 from widgets.frontier import FrontierView
 from widgets.runner import Runner
-from widgets.state import COST_AXES, TECHNIQUES, THRESHOLDS, LabState
+from widgets.state import COST_AXES, FILTERS, TECHNIQUES, THRESHOLDS, LabState
 
 BITS = [2, 3, 4, 5, 6, 8, 16]
+SAMPLES = [2, 4, 8, 16, 32, 64]
 GROUPS = [("per channel", 0), ("32", 32), ("64", 64), ("128", 128)]
 
 
@@ -30,6 +32,8 @@ def bind(control: w.ValueWidget, state: LabState, name: str) -> w.ValueWidget:
             control.value = getattr(state, name)
 
     def to_control(change):
+        if name == "k":  # its range follows the samples drawn, which may have just grown
+            control.max = max(control.max, state.samples)
         if control.value != change["new"]:
             control.value = change["new"]
 
@@ -68,7 +72,7 @@ def controls(state: LabState) -> dict[str, w.Widget]:
         "criterion": w.Dropdown(options=["max_prob", "entropy", "agreement"], description="exit when", style=style),
         "draft": w.Dropdown(options=ex.zoo.names()[:-1], description="draft", style=style),
         "draft_len": w.IntSlider(min=1, max=8, description="draft length", style=style, continuous_update=False),
-        "samples": w.Dropdown(options=[4, 8, 16, 32, 64], description="samples", style=style),
+        "samples": w.SelectionSlider(options=SAMPLES, description="samples", style=style, continuous_update=False),
         "k": w.IntSlider(min=1, max=64, description="k", style=style),
         "budget": w.FloatLogSlider(min=3, max=9, step=0.05, value=1e9, description="budget", style=style),
         "cost_axis": w.Dropdown(options=list(COST_AXES), description="cost axis", style=style),
@@ -87,7 +91,8 @@ def controls(state: LabState) -> dict[str, w.Widget]:
                       **({} if criterion == "agreement" else {"step": 0.01}))
         c[f"threshold_{criterion}"] = slider
         link_threshold(slider, state, criterion)
-    state.observe(lambda ch: setattr(c["k"], "max", ch["new"]), names="samples")
+    # k's slider ends at the samples drawn; its maximum moves first, so a new k is never clamped.
+    state.observe(lambda ch: setattr(c["k"], "max", max(ch["new"], 1)), names="samples")
     return c
 
 
@@ -95,7 +100,8 @@ def best_card(state: LabState, store: Store, df=None) -> str:
     df = store.frame() if df is None else df
     if df.height == 0 or "accuracy" not in df.columns:
         return "<div class='tx-card'>no runs yet</div>"
-    df = with_derived(df.filter((df["task"] == state.task) & df["accuracy"].is_not_null()), COST_AXES)
+    df = df.filter((df["task"] == state.task) & df["accuracy"].is_not_null() & df["model"].is_in(list(state.models)))
+    df = with_derived(read_at_k(df, state.k), COST_AXES)  # sampling rows at the k slider's k
     budget = state.budget if not math.isinf(state.budget) else float("inf")
     try:
         with warnings.catch_warnings():  # "nothing fits" is said on the card itself
@@ -143,7 +149,8 @@ class Lab(w.VBox):
         self.state.observe(show_panel, names=["technique", "criterion"])
         self.state.observe(lambda ch: self._status(), names=["status", "busy"])
         self.state.observe(lambda ch: setattr(self.progress, "value", ch["new"]), names="progress")
-        self.state.observe(lambda ch: self._card(), names=["budget", "cost_axis", "task"])
+        self.state.observe(lambda ch: self._card(), names=["budget", "cost_axis", "task", "k", "models"])
+        self.state.observe(self._filtered, names=list(FILTERS))
         self.state.observe(lambda ch: self.select(ch["new"]), names="selected")
         left = w.VBox([c["technique"], c["task"], c["models"], knobs, c["cost_axis"], c["budget"]],
                       layout=w.Layout(min_width="380px"))
@@ -208,6 +215,21 @@ class Lab(w.VBox):
         elif row is not None and row.get("technique") == "speculative" and row.get("spec_trace"):
             view = SpecStreamView.from_row(row)
         self.detail.children = [view] if view is not None else []
+
+    def _filtered(self, change) -> None:
+        """A filter moved: say what it shows (no run starts); a run in flight keeps the status line."""
+        if self.state.busy:
+            return
+        s = self.state
+        if change["name"] == "k":
+            s.status = f"k={s.k}: sampling points read from their stored samples, no new run"
+            return
+        df = self.frontier.rows(self.store.frame())
+        costs = [r.get(s.cost_axis) for r in df]
+        shown = [c for c in costs if c is not None and c == c and c > 0]
+        fits = sum(c <= s.budget for c in shown)
+        limit = "no budget" if math.isinf(s.budget) else f"budget {s.budget:.3g} {s.cost_axis}"
+        s.status = f"{limit}: {fits} of {len(shown)} runs fit, no new run"
 
     def _k_moved(self, change) -> None:
         # The k slider only moves the marker on stored curves: no run, no new view.

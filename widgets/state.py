@@ -46,7 +46,7 @@ class LabState(t.HasTraits):
     draft_len = t.Int(4)
     # repeated sampling: `samples` are drawn once, `k` only filters
     samples = t.Int(16)
-    k = t.Int(1)
+    k = t.Int(16)  # every sample drawn; moving `samples` moves k with it when k was at the top
     # filters
     budget = t.Float(math.inf)
     cost_axis = t.Unicode("weight_bytes")
@@ -111,6 +111,11 @@ class LabState(t.HasTraits):
             if not 1 <= k <= self.samples:
                 raise ValueError(f"k must be between 1 and the {self.samples} samples drawn")
         return self._checked(proposal, check)
+
+    @t.observe("samples")
+    def _samples_moved(self, change):
+        if self.k == change["old"] or self.k > change["new"]:
+            self.k = change["new"]
 
     @t.validate("budget")
     def _v_budget(self, proposal):

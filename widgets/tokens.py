@@ -22,6 +22,14 @@ class SpecStreamView(anywidget.AnyWidget):
     calls = t.List(t.Dict()).tag(sync=True)  # [{"accepted": [str], "rejected": [str], "bonus": str}]
     title = t.Unicode("").tag(sync=True)
 
+    @classmethod
+    def from_row(cls, row: dict) -> "SpecStreamView":
+        """The first prompt's token stream of a `Speculative` row, as stored (no re-run)."""
+        calls = [{"accepted": list(c["accepted"]), "rejected": list(c["rejected"]), "bonus": c["bonus"]}
+                 for c in row["spec_trace"]]
+        return cls(calls=calls, title=f"{row['model']} verifying {row.get('knob_draft')} "
+                                      f"(draft_len {row.get('knob_draft_len')}):")
+
 
 class ExitMapView(anywidget.AnyWidget):
     """Early exit, token by layer: each column is a generated token, filled up to the

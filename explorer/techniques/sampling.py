@@ -268,3 +268,44 @@ def model_logprobs(model, prompts: list[str], tokens: list[list[int]], max_new_t
         logits = model.hf(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits.float()
     lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
     return (lp * scored[:, 1:]).double().sum(-1).tolist()
+
+
+def read_at_k(df, k: int):
+    """`df` with each Sampling row read at min(k, n) samples, from its stored samples (no generation).
+
+    A Sampling row is measured once with n draws per problem; any k <= n is a subset of
+    those draws. The row's `accuracy` (its aggregator at k, with its bootstrap interval),
+    `tokens_generated` (so the derived FLOPs per problem) and `knob_k` become the values at k.
+    Measured times (`wall_s`) stay those of the n draws that were made. Other rows are untouched.
+    """
+    import polars as pl
+
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k={k!r}; give a sample count of 1 or more")
+    if df.height == 0 or not {"technique", "samples", "knob_n", "config_hash"} <= set(df.columns):
+        return df
+    rows = df.filter((pl.col("technique") == "sampling") & pl.col("samples").is_not_null()).to_dicts()
+    if not rows:
+        return df
+    update = pl.DataFrame([at_k(row, min(k, int(row["knob_n"]))) for row in rows])
+    df = df.with_columns([pl.col(c).cast(update.schema[c]) for c in update.columns[1:] if c in df.columns])
+    return df.update(update, on="config_hash")
+
+
+_at_k: dict[tuple[str, int], dict[str, Any]] = {}
+
+
+def at_k(row: Mapping, k: int) -> dict[str, Any]:
+    """One Sampling row's headline at k, memoized: a config_hash names one fixed set of samples."""
+    key = (row["config_hash"], k)
+    if key not in _at_k:
+        knobs = {f: row[f"knob_{f}"] for f in ("aggregator", "verifier_fpr", "verifier_fnr", "temperature", "top_p")
+                 if row.get(f"knob_{f}") is not None}
+        head = Sampling(n=int(row["knob_n"]), k=k, **knobs).headline(Samples.of(row), int(row.get("seed") or 0), row)
+        if len(_at_k) > 4096:  # a slider's worth of values for many rows; drop the oldest half
+            for old in list(_at_k)[:2048]:
+                del _at_k[old]
+        _at_k[key] = {"config_hash": row["config_hash"], "accuracy": head["accuracy"],
+                      "accuracy_lo": head["accuracy_lo"], "accuracy_hi": head["accuracy_hi"],
+                      "tokens_generated": float(head[f"tokens_generated_at_{k}"]), "knob_k": k}
+    return _at_k[key]

@@ -35,6 +35,15 @@ def digest(texts: list[str]) -> str:
     return hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
 
 
+def stream(tokenizer, trace: list[dict]) -> list[dict]:
+    """A trace's token ids as text, one record per target call, for the token-stream view."""
+    def text(ids):
+        return [tokenizer.decode([i]) for i in ids]
+
+    return [{"accepted": text(r["accepted"]), "rejected": text(r["rejected"]),
+             "bonus": None if r["bonus"] is None else tokenizer.decode([r["bonus"]])} for r in trace]
+
+
 @techniques.register("speculative")
 @dataclasses.dataclass(frozen=True)
 class Speculative(Technique):
@@ -80,9 +89,12 @@ class Speculative(Technique):
         from explorer.generate import encode
 
         enc = encode(model.tokenizer, prompts, model.facts.context - max_new_tokens)
-        return speculative_generate(model, self.draft_model(model), enc, draft_len=self.draft_len,
-                                    temperature=self.temperature, max_new_tokens=max_new_tokens,
-                                    generator=self.sampler(seed), adaptive=self.adaptive)
+        trace: list[dict] = []
+        out = speculative_generate(model, self.draft_model(model), enc, draft_len=self.draft_len,
+                                   temperature=self.temperature, max_new_tokens=max_new_tokens,
+                                   generator=self.sampler(seed), adaptive=self.adaptive, trace=trace)
+        out.trace = [r for r in trace if r["row"] == 0]  # the first prompt's stream: enough to watch, small to store
+        return out
 
     def target_alone(self, model, prompts: list[str], *, max_new_tokens: int, seed: int):
         from explorer.generate import generate
@@ -92,7 +104,8 @@ class Speculative(Technique):
 
     def columns(self, model, generations: list) -> dict[str, Any]:
         stats = SpecStats.total([g.stats for g in generations])
-        return stats.columns() | {"output_digest": digest([t for g in generations for t in g.texts])}
+        return stats.columns() | {"output_digest": digest([t for g in generations for t in g.texts]),
+                                  "spec_trace": stream(model.tokenizer, generations[0].trace or [])}
 
     def evaluate(self, model, task, examples, *, seed: int, repeats: int, batch_size: int) -> dict[str, Any]:
         """The shared evaluation, with the target alone timed between its repeats."""
