@@ -1,5 +1,6 @@
 """The lab in a real JupyterLab, in a real browser: render, move a slider, see the chart change."""
 import json
+import re
 import time
 from pathlib import Path
 
@@ -15,7 +16,7 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 import torch
 torch.set_num_threads(1)
 from widgets import Lab
-lab = Lab(models=["zoo-xs", "zoo-s"], technique="quantize", bits=8, n=16)
+lab = Lab(models=["zoo-xs", "zoo-s"], technique="quantize", bits=8, n=16, samples=4)
 lab"""
 
 
@@ -40,25 +41,116 @@ def wait_for(page, fn, timeout_s: float, what: str):
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-def test_the_lab_redraws_when_the_bit_width_slider_moves(tmp_path):
+class LabPage:
+    """The lab as a user sees it: its chart, status line and card, and its controls."""
+
+    def __init__(self, page):
+        self.page = page
+
+    def svg(self) -> str:
+        return self.page.locator(".tx-lab .vega-embed svg").inner_html()
+
+    def status(self) -> str:
+        return self.page.locator(".tx-lab .tx-status").inner_text()
+
+    def card(self) -> str:
+        return self.page.locator(".tx-lab .tx-card").inner_text()
+
+    def slider(self, label: str):
+        return self.page.locator(f".tx-lab .widget-hslider:has(label:text-is('{label}'))").first
+
+    def readout(self, label: str) -> str:
+        return self.slider(label).locator(".widget-readout").inner_text()
+
+    def budget_readout(self) -> str:
+        return self.page.locator(".tx-lab .tx-budget-readout").inner_text()
+
+    def drag(self, label: str, fraction: float) -> None:
+        """Drag the slider's handle with the mouse to `fraction` of its track."""
+        slider = self.slider(label)
+        handle = slider.locator(".noUi-handle").first.bounding_box()
+        track = slider.locator(".noUi-target").first.bounding_box()
+        x, y = handle["x"] + handle["width"] / 2, handle["y"] + handle["height"] / 2
+        mouse = self.page.mouse
+        mouse.move(x, y)
+        mouse.down()
+        mouse.move(track["x"] + fraction * track["width"], y, steps=12)
+        mouse.up()
+
+    def technique(self, name: str) -> None:
+        self.page.locator(f".tx-lab .widget-toggle-buttons button:text-is('{name}')").click()
+
+    def step(self, what: str, act, *, points: int | None = None, status: str = "", timeout_s: float = 150):
+        """Do `act`, then wait until the chart changed (and shows `points`) and the status says `status`."""
+        before = self.svg()
+        act()
+        wait_for(self.page, lambda: self.svg() != before and (points is None or jh.symbol_count(self.page) == points)
+                 and status in self.status() and "running" not in self.status(), timeout_s, what)
+        jh.shot(self.page, "lab-" + what.replace(" ", "-"))
+
+
+def test_every_slider_redraws_the_lab_and_a_click_selects_a_point(tmp_path):
+    """Each slider of the lab moved as a user would (bits by keyboard, the rest dragged with
+    the mouse), then a point clicked: after every step the chart, the status line and the
+    best-under-budget card must say what happened."""
     root = tmp_path / "root"
     root.mkdir()
     notebook(root / "lab.ipynb", [LAB_CELL])
     with jh.jupyter_lab(root, tmp_path) as url, jh.browser() as page:
         page.goto(f"{url}/lab/tree/lab.ipynb?reset", timeout=120_000)
         jh.restart_and_run_all(page)
+        lab = LabPage(page)
         # Baselines and 8-bit variants of both models: four points.
-        wait_for(page, lambda: jh.symbol_count(page) == 4, 120, "four points on the frontier chart")
+        wait_for(page, lambda: jh.symbol_count(page) == 4 and "new runs" in lab.status(), 120,
+                 "four points on the frontier chart")
         jh.wait_idle(page)
-        before = page.locator(".tx-lab .vega-embed svg").inner_html()
-        jh.shot(page, "lab-before")
-        handle = page.locator(".tx-lab .widget-hslider:has(label:text-is('bits')) .noUi-handle").first
-        handle.focus()
-        page.keyboard.press("ArrowLeft")  # 8 -> 6 bits
-        wait_for(page, lambda: jh.symbol_count(page) == 6, 120, "the 6-bit runs to be drawn")
-        after = page.locator(".tx-lab .vega-embed svg").inner_html()
-        jh.shot(page, "lab-after")
-        assert after != before
-        wait_for(page, lambda: "2 new runs" in page.locator(".tx-lab .tx-status").inner_text(), 60,
-                 "the status line to report the two new runs")
-        assert page.locator(".tx-lab .widget-hslider:has(label:text-is('bits')) .widget-readout").inner_text() == "6"
+        assert "best (no budget limit)" in lab.card() and "accuracy" in lab.card()
+        assert "no limit" in lab.budget_readout()
+        jh.shot(page, "lab-start")
+
+        def bits_left():
+            handle = lab.slider("bits").locator(".noUi-handle").first
+            handle.focus()
+            page.keyboard.press("ArrowLeft")  # 8 -> 6 bits
+
+        lab.step("bits 6", bits_left, points=6, status="2 new runs")
+        assert lab.readout("bits") == "6"
+
+        lab.step("early exit", lambda: lab.technique("early_exit"), points=8, status="2 new runs")
+        lab.step("threshold", lambda: lab.drag("threshold", 0.5), points=10, status="2 new runs")
+        assert lab.readout("threshold") != "0.90"
+
+        # zoo-xs cannot draft for itself: one run, and the status line says why the other was skipped.
+        lab.step("speculative", lambda: lab.technique("speculative"), points=11, status="skipped zoo-xs")
+        lab.step("draft length", lambda: lab.drag("draft length", 0.9), points=12, status="1 new run stored")
+        assert lab.readout("draft length") not in ("", "4")
+
+        lab.step("sampling", lambda: lab.technique("sampling"), points=14, status="2 new runs")
+        lab.step("samples", lambda: lab.drag("samples", 0.0), points=16, status="2 new runs")
+        assert lab.readout("samples") == "2"
+        # k only reads stored samples: the sampling points move, nothing new is run.
+        lab.step("k", lambda: lab.drag("k", 0.0), points=16, status="no new run")
+        assert lab.readout("k") == "1"
+        card = lab.card()
+
+        lab.step("budget", lambda: lab.drag("budget", 0.55), status="runs fit, no new run")
+        fit = lab.status()
+        assert " of 16 runs fit" in fit and lab.card() != card
+        shown = re.search(r"(?:best under|budget of) ([0-9.e+-]+) weight_bytes", lab.card())
+        readout = re.search(r"≤ ([0-9.e+-]+) weight_bytes", lab.budget_readout())
+        assert shown and readout and shown[1] == readout[1], (lab.card(), lab.budget_readout())
+
+        # Click the points until one takes (a point under the budget rule or the frontier line
+        # passes the click on to them); the status line then names the chosen run.
+        for point in page.locator(".tx-lab .vega-embed g.mark-symbol.role-mark path").all():
+            point.click(force=True)
+            try:
+                wait_for(page, lambda: "from the chart" in lab.status(), 5, "the click to select a run")
+                break
+            except AssertionError:
+                continue
+        status = lab.status()
+        assert status.startswith("selected "), status
+        active = page.locator(".tx-lab .widget-toggle-buttons button.mod-active").first.inner_text()
+        assert active in status  # the technique control shows the clicked run's technique
+        jh.shot(page, "lab-clicked")

@@ -24,7 +24,7 @@ def test_the_first_view_runs_the_selection_and_draws_it(lab):
     rows = chart_rows(lab)
     assert {(r["model"], r["technique"]) for r in rows} == {
         ("zoo-xs", "baseline"), ("zoo-s", "baseline"), ("zoo-xs", "quantize"), ("zoo-s", "quantize")}
-    assert len(lab.store) == 4 and "best under" in lab.card.value
+    assert len(lab.store) == 4 and "best (no budget limit)" in lab.card.value
 
 
 def test_a_state_change_changes_the_chart_data_in_place(lab):
@@ -38,8 +38,8 @@ def test_a_state_change_changes_the_chart_data_in_place(lab):
 
 def test_filters_never_run_a_model(lab):
     before, updates = lab.runner.runs_started, lab.frontier.updates
-    lab.state.budget = 300_000
     lab.state.cost_axis = "flops_per_token_analytic"
+    lab.state.budget = 300_000
     lab.state.samples = 16
     lab.state.k = 4
     lab.runner.wait(30)
@@ -47,6 +47,24 @@ def test_filters_never_run_a_model(lab):
     assert lab.frontier.widget.params.budget == 300_000
     assert lab.frontier.widget.params.cost_axis == "flops_per_token_analytic"
     assert "300,000" in lab.card.value or "3e+05" in lab.card.value
+
+
+def test_the_budget_slider_fits_the_cost_axis_and_its_top_is_no_limit(lab):
+    import math
+
+    budget = lab.controls["budget"]
+    costs = [r["weight_bytes"] for r in chart_rows(lab)]
+    assert 10 ** budget.slider.min < min(costs) and max(costs) < 10 ** budget.slider.max
+    budget.slider.value = 10 ** (budget.slider.min + 2)
+    assert lab.state.budget == pytest.approx(budget.slider.value) and "≤" in budget.label.value
+    budget.slider.value = 10 ** budget.slider.max
+    assert math.isinf(lab.state.budget) and "no limit" in budget.label.value
+    lab.state.budget = 1e5
+    lab.state.cost_axis = "wall_s"  # seconds, not bytes: the budget starts over, the range refits
+    walls = [r["wall_s"] for r in chart_rows(lab)]
+    assert math.isinf(lab.state.budget) and budget.slider.max <= math.log10(max(walls)) + 2
+    lab.state.budget = -5.0  # refused: the slider stays at no limit
+    assert math.isinf(lab.state.budget) and budget.slider.value == 10 ** budget.slider.max
 
 
 def test_the_k_slider_moves_sampling_points_without_a_run(tmp_path):
@@ -131,8 +149,15 @@ def test_technique_views_follow_the_selection_and_k_moves_no_run(tmp_path):
 def test_a_live_speculative_run_feeds_the_token_stream_view(tmp_path):
     from widgets.tokens import SpecStreamView
 
-    lab = Lab(tmp_path / "s", models=["zoo-s"], technique="speculative", draft="zoo-xs", draft_len=3, n=4)
+    # zoo-xs cannot draft for itself: that run is refused and said, the zoo-s run goes ahead.
+    lab = Lab(tmp_path / "s", models=["zoo-xs", "zoo-s"], technique="speculative", draft="zoo-xs", draft_len=3, n=4)
     lab.runner.wait(120)
+    assert "skipped zoo-xs: draft has" in lab.state.status
+    tried = lab.runner.runs_started
+    lab.state.task = "sort"
+    lab.state.task = "addition"  # back to a selection whose runs are stored or refused
+    lab.runner.wait(120)
+    assert lab.runner.runs_started == tried and "all in the store; skipped zoo-xs" in lab.state.status
     (view,) = lab.detail.children
     assert isinstance(view, SpecStreamView) and view.calls
     assert all(len(c["accepted"]) + len(c["rejected"]) <= 3 for c in view.calls)

@@ -36,14 +36,19 @@ function render({ model, el }) {
       const t = node("text", { x: x(k), y: H - B + 14, "text-anchor": "middle", "font-size": 10 }, svg);
       t.textContent = k;
     }
+    const labels = [];
     Object.entries(curves).forEach(([name, pts], i) => {
       const d = pts.map((p, j) => `${j ? "L" : "M"}${x(p[0])},${y(p[1])}`).join(" ");
       node("path", { d, fill: "none", stroke: COLORS[i % COLORS.length], "stroke-width": 2, "data-name": name }, svg);
       const last = pts[pts.length - 1];
-      if (last) {
-        const t = node("text", { x: W - R + 6, y: y(last[1]) + 4, "font-size": 11, fill: COLORS[i % COLORS.length] }, svg);
-        t.textContent = name;
-      }
+      if (last) labels.push({ name, at: y(last[1]) + 4, color: COLORS[i % COLORS.length] });
+    });
+    // Curves often end at one value (every aggregator equal at k = n): stack their labels 12 px apart.
+    labels.sort((a, b) => a.at - b.at);
+    labels.forEach((l, j) => {
+      if (j && l.at < labels[j - 1].at + 12) l.at = labels[j - 1].at + 12;
+      const t = node("text", { x: W - R + 6, y: l.at, "font-size": 11, fill: l.color }, svg);
+      t.textContent = l.name;
     });
     const k = model.get("k");
     node("line", { x1: x(k), y1: y(0), x2: x(k), y2: y(1), stroke: "#333", "stroke-dasharray": "4 3", class: "tx-k" }, svg);

@@ -15,6 +15,7 @@ import explorer as ex
 from explorer.frontier import best_under_budget, with_derived
 from explorer.store import Store
 from explorer.techniques.sampling import read_at_k
+from widgets.budget import BudgetSlider
 from widgets.frontier import FrontierView
 from widgets.runner import Runner
 from widgets.state import COST_AXES, FILTERS, TECHNIQUES, THRESHOLDS, LabState
@@ -74,13 +75,10 @@ def controls(state: LabState) -> dict[str, w.Widget]:
         "draft_len": w.IntSlider(min=1, max=8, description="draft length", style=style, continuous_update=False),
         "samples": w.SelectionSlider(options=SAMPLES, description="samples", style=style, continuous_update=False),
         "k": w.IntSlider(min=1, max=64, description="k", style=style),
-        "budget": w.FloatLogSlider(min=3, max=9, step=0.05, value=1e9, description="budget", style=style),
         "cost_axis": w.Dropdown(options=list(COST_AXES), description="cost axis", style=style),
     }
     for name, control in c.items():
-        if name != "budget":
-            bind(control, state, name)
-    c["budget"].observe(lambda ch: setattr(state, "budget", ch["new"]), names="value")
+        bind(control, state, name)
 
     # One threshold slider per criterion, each on its own fixed scale (a slider whose range
     # moved would clamp and so write a threshold the user never chose); only the slider of
@@ -111,8 +109,9 @@ def best_card(state: LabState, store: Store, df=None) -> str:
         return f"<div class='tx-card'>{html.escape(str(err))}</div>"
     if best is None:
         return f"<div class='tx-card'>nothing fits a budget of {state.budget:.3g} {state.cost_axis}</div>"
+    limit = "(no budget limit)" if math.isinf(state.budget) else f"under {state.budget:.3g} {state.cost_axis}"
     knobs = ", ".join(f"{k[5:]}={v}" for k, v in best.items() if k.startswith("knob_") and v is not None)
-    return (f"<div class='tx-card'><b>best under {state.budget:.3g} {html.escape(state.cost_axis)}</b>: "
+    return (f"<div class='tx-card'><b>best {html.escape(limit)}</b>: "
             f"{html.escape(best['model'])} {html.escape(best['technique'])} {html.escape(knobs)}<br>"
             f"accuracy {best['accuracy']:.3f} [{best['accuracy_lo']:.3f}, {best['accuracy_hi']:.3f}] at "
             f"{best[state.cost_axis]:.4g} {html.escape(state.cost_axis)}</div>")
@@ -131,6 +130,7 @@ class Lab(w.VBox):
         self.progress = w.FloatProgress(min=0, max=1, layout=w.Layout(width="200px"))
         self.controls = controls(self.state)
         c = self.controls
+        c["budget"] = BudgetSlider(self.state, self._costs, style={"description_width": "90px"})
         panels = {
             "baseline": [],
             "quantize": [c["bits"], c["format"], c["group_size"]],
@@ -182,9 +182,15 @@ class Lab(w.VBox):
                 setattr(self.state, name, value)
         self.state.status = f"selected {row.get('model')} {row.get('technique')} from the chart"
 
+    def _costs(self, df=None) -> list:
+        """Costs of the runs on screen, on the selected cost axis (for the budget slider's range)."""
+        rows = self.frontier.rows(self.store.frame() if df is None else df)
+        return [r.get(self.state.cost_axis) for r in rows]
+
     def refresh(self) -> None:
         df = self.store.frame()
         self.frontier.refresh(df)
+        self.controls["budget"].fit(self._costs(df))
         self._card(df)
         self._detail()
 

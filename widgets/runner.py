@@ -15,7 +15,7 @@ import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Callable
 
-from explorer.executors import Job, run_job
+from explorer.executors import Failed, Job, try_job
 from explorer.store import Store
 from explorer.sweep import plan
 from explorer.techniques import Baseline
@@ -32,6 +32,9 @@ class Runner:
         self.on_rows = on_rows or (lambda: None)
         self.models: dict = {}  # loaded models, shared by every run of this lab
         self.runs_started = 0
+        # Configurations the engine refused for a model (a draft as big as its target): said
+        # once in the status line and not tried again, so the other models' runs go ahead.
+        self.refused: dict[str, str] = {}
         self._generation = 0
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
@@ -52,7 +55,7 @@ class Runner:
         return plan(s.models, s.task, techniques, n=s.n, seed=s.seed, repeats=REPEATS)
 
     def missing(self) -> list[Job]:
-        have = self.store.hashes()
+        have = self.store.hashes() | set(self.refused)
         return [j for j in self.jobs() if j.config_hash not in have]
 
     def _changed(self, change) -> None:
@@ -84,7 +87,8 @@ class Runner:
             self.state.status = f"cannot run this selection: {err}"
             return None
         if not todo:
-            self.state.status = f"{len(self.jobs())} runs, all in the store"
+            shown = sum(j.config_hash not in self.refused for j in self.jobs())
+            self.state.status = f"{shown} runs, all in the store" + self.skipped()
             self.on_rows()
             return None
         self.state.busy = True
@@ -101,18 +105,26 @@ class Runner:
                 self.state.progress = i / len(todo)
                 self.state.status = f"running {job.model} {job.technique.name} on {job.task} ({i + 1}/{len(todo)})"
                 self.runs_started += 1
-                row = run_job(job, self.models)
+                row = try_job(job, self.models)
+                if isinstance(row, Failed):
+                    self.refused[job.config_hash] = f"{job.model}: {row.error}"
+                    continue
                 self.store.add(row)
                 done += 1
                 self.on_rows()
             self.state.progress = 1.0
-            self.state.status = f"{done} new runs stored in {self.store.path}"
+            self.state.status = f"{done} new run{'' if done == 1 else 's'} stored in {self.store.path}" + self.skipped()
         except Exception as err:  # a failed run must reach the status line, not vanish in a thread
             self.state.status = f"run failed: {type(err).__name__}: {err}"
         finally:
             if generation == self._generation:
                 self.state.busy = False
         return done
+
+    def skipped(self) -> str:
+        """The refusals that apply to the current selection, for the status line."""
+        mine = [self.refused[j.config_hash] for j in self.jobs() if j.config_hash in self.refused]
+        return f"; skipped {'; '.join(mine)}" if mine else ""
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until pending work is done (for tests and scripts, never for the UI)."""
