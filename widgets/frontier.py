@@ -104,6 +104,7 @@ class FrontierView:
             chart(self.rows(store.frame()), budget=state.budget, cost_axis=state.cost_axis, quality=quality),
             embed_options={"renderer": "svg", "actions": False})
         self._spec = self.widget.spec
+        self.shown = self.widget.spec.get("datasets", {}).get(DATA, [])  # the rows on screen
         self.updates = 0
         state.observe(self._on_filter, names=["budget", "cost_axis"])
         state.observe(lambda _: self.refresh(), names="k")  # stored samples read at the new k: no run
@@ -121,7 +122,7 @@ class FrontierView:
 
     def refresh(self, df: pl.DataFrame | None = None) -> None:
         """New rows into the chart on screen: same chart object, new data."""
-        rows = self.rows(self.store.frame() if df is None else df)
+        rows = self.shown = self.rows(self.store.frame() if df is None else df)
         self.widget.spec = with_rows(self._spec, rows, self.params())
         self.updates += 1
 

@@ -182,15 +182,14 @@ class Lab(w.VBox):
                 setattr(self.state, name, value)
         self.state.status = f"selected {row.get('model')} {row.get('technique')} from the chart"
 
-    def _costs(self, df=None) -> list:
+    def _costs(self) -> list:
         """Costs of the runs on screen, on the selected cost axis (for the budget slider's range)."""
-        rows = self.frontier.rows(self.store.frame() if df is None else df)
-        return [r.get(self.state.cost_axis) for r in rows]
+        return [r.get(self.state.cost_axis) for r in self.frontier.shown]
 
     def refresh(self) -> None:
         df = self.store.frame()
         self.frontier.refresh(df)
-        self.controls["budget"].fit(self._costs(df))
+        self.controls["budget"].fit()
         self._card(df)
         self._detail()
 
@@ -230,9 +229,7 @@ class Lab(w.VBox):
         if change["name"] == "k":
             s.status = f"k={s.k}: sampling points read from their stored samples, no new run"
             return
-        df = self.frontier.rows(self.store.frame())
-        costs = [r.get(s.cost_axis) for r in df]
-        shown = [c for c in costs if c is not None and c == c and c > 0]
+        shown = [c for c in self._costs() if c is not None and c == c and c > 0]
         fits = sum(c <= s.budget for c in shown)
         limit = "no budget" if math.isinf(s.budget) else f"budget {s.budget:.3g} {s.cost_axis}"
         s.status = f"{limit}: {fits} of {len(shown)} runs fit, no new run"
