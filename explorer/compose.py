@@ -82,6 +82,8 @@ def check(parts: list[Technique]) -> None:
     if decoder and evaluator and not getattr(type(evaluator), "accepts_decoder", False):
         raise ValueError(f"compose: {evaluator.name} draws its samples with its own decoding loop, so "
                          f"{decoder.name}'s decoding would be silently ignored; this combination is refused")
+    if decoder and evaluator and hasattr(evaluator, "check_decoder"):
+        evaluator.check_decoder(decoder)  # e.g. samples drawn greedily would all be the same
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +156,7 @@ def with_decoder(evaluator: Technique, decoder: Technique) -> Technique:
     cls = type(evaluator)
     routed = type(f"{cls.__name__}Via{type(decoder).__name__}", (cls,), {
         "generate": lambda self, *a, **kw: decoder.generate(*a, **kw),
+        "decoder": decoder,  # for the decoder's own columns (exit layers, ...)
         "__module__": cls.__module__,
     })
     copy = object.__new__(routed)

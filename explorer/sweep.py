@@ -205,6 +205,8 @@ DEFAULT_SPEC: dict[str, Any] = {
         # The joint space no single paper draws: a 4-bit model sampled, a 4-bit model exiting early.
         {"compose": [{"name": "quantize", "bits": [4]}, {"name": "sampling", "n": [4]}]},
         {"compose": [{"name": "quantize", "bits": [4]}, {"name": "early_exit", "threshold": [0.9]}]},
+        # Majority vote over early-exit samples: the exiting model draws them at sampling's temperature.
+        {"compose": [{"name": "early_exit", "threshold": [0.9], "temperature": 1.0}, {"name": "sampling", "n": [4]}]},
     ],
 }
 

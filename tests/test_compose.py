@@ -83,7 +83,9 @@ def test_baselines_drop_out_and_one_technique_is_itself():
     ((Tag("a"), Tag("b")), "tag appears twice"),
     ((Wrong(), dataclasses.replace(Wrong(), temperature=1.0), Tag()), "wrong appears twice"),
     ((AnyOf(), ex.Sampling(n=2)), "any_of and sampling each runs its own evaluation"),
-    ((ex.Sampling(n=2), Wrong()), "sampling draws its samples with its own decoding loop"),
+    ((ex.Sampling(n=2), Wrong()), "sampling draws at temperature 1.0 but wrong decodes at temperature 0.0"),
+    ((ex.Sampling(n=2), ex.EarlyExit(threshold=0.9)), r"early_exit decodes at temperature 0.*EarlyExit\(\.\.\., temperature=1.0\)"),
+    ((ex.Sampling(n=2, top_p=0.9), ex.EarlyExit(threshold=0.9, temperature=1.0)), "top_p=0.9 truncates"),
 ])
 def test_combinations_without_meaning_are_refused_with_the_reason(parts, why):
     with pytest.raises(ValueError, match=why):
@@ -130,3 +132,19 @@ def test_a_quantized_target_with_a_draft_counts_both_models_bytes():
     assert row["technique"] == "quantize+speculative" and row["knob_bits"] == 8 and row["knob_draft_len"] == 2
     assert 0 <= row["acceptance_rate"] <= 1 and row["outputs_match_target_alone"]
     assert row["weight_bytes"] == quantize.prepare(target).facts.weight_bytes + ex.load("zoo-xs").facts.weight_bytes
+
+
+def test_majority_vote_over_early_exit_samples_draws_through_the_exiting_model(zoo_models):
+    model = zoo_models["zoo-m"]
+    parts = [ex.EarlyExit(threshold=0.9, temperature=1.0), ex.Sampling(n=4)]
+    row = ex.run(model, "multiplication", parts, n=16, repeats=1)
+    again = ex.run(model, "multiplication", list(reversed(parts)), n=16, repeats=1)
+    full = ex.run(model, "multiplication", ex.Sampling(n=4), n=16, repeats=1)
+    assert row["technique"] == "early_exit+sampling" and row["knob_threshold"] == 0.9 and row["knob_n"] == 4
+    assert row["samples"] == again["samples"] and row["config_hash"] == again["config_hash"]  # seeded, canonical
+    assert row["samples_drawn"] == 64 and len(row["exit_layers"]) == 64  # every sample exited somewhere
+    assert 1 <= row["exit_layer_mean"] < model.hf.config.num_hidden_layers
+    # Layers skipped are FLOPs saved, and the per-k costs read from them.
+    assert row["flops_per_token_analytic"] < full["flops_per_token_analytic"]
+    assert row["flops_per_problem_at_4_analytic"] < full["flops_per_problem_at_4_analytic"]
+    assert 0 <= row["majority_at_4"] <= row["pass_at_4"] <= 1

@@ -156,6 +156,10 @@ class Sampling(Technique):
     verifier_fnr: float = 0.1  # P(reject | right)
 
     curves: ClassVar = staticmethod(curves)
+    # Draws through another technique's decoder when composed with one (majority vote over
+    # early-exit samples): that decoder then samples, at this temperature (see check_decoder).
+    accepts_decoder: ClassVar[bool] = True
+    decoder: ClassVar[Technique | None] = None  # set on the routed copy compose makes
 
     def __post_init__(self):
         def bad(field: str, valid: str):
@@ -178,6 +182,20 @@ class Sampling(Technique):
             if not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 bad(field, "a rate in [0, 1]")
 
+    def check_decoder(self, decoder: Technique) -> None:
+        """Refuse a decoder that cannot draw this technique's samples."""
+        t = getattr(decoder, "temperature", None)
+        if t is None:
+            raise ValueError(f"compose: {decoder.name} has no sampling temperature, so sampling cannot draw "
+                             "its samples through it")
+        if t != self.temperature or not t > 0:
+            raise ValueError(f"compose: sampling draws at temperature {self.temperature} but {decoder.name} "
+                             f"decodes at temperature {t}; give both the same temperature above 0 "
+                             f"(e.g. {type(decoder).__name__}(..., temperature={self.temperature or 1.0}))")
+        if self.top_p < 1:
+            raise ValueError(f"compose: Sampling.top_p={self.top_p} truncates sampling's own loop only; "
+                             f"{decoder.name} samples from the full distribution: use top_p=1.0")
+
     def evaluate(self, model, task, examples, *, seed: int, repeats: int, batch_size: int) -> dict[str, Any]:
         from explorer import tasks as T
         from explorer.cost import flops_per_token, timed
@@ -187,7 +205,7 @@ class Sampling(Technique):
         # the samples must not depend on a setting that config_hash leaves out.
         per_call = max(1, ROWS_PER_CALL // self.n)
         groups = [examples[i : i + per_call] for i in range(0, len(examples), per_call)]
-        (texts, logprob, tokens), wall, _ = timed(lambda: self.draw(model, task, groups, seed), repeats)
+        (texts, logprob, tokens, gens), wall, _ = timed(lambda: self.draw(model, task, groups, seed), repeats)
         answers = [[T.parse_completion(t) for t in texts[i : i + self.n]] for i in range(0, len(texts), self.n)]
         correct = np.array([[task.verify(e, t) for t in texts[i * self.n : (i + 1) * self.n]]
                             for i, e in enumerate(examples)], dtype=bool)
@@ -202,6 +220,8 @@ class Sampling(Technique):
             "tokens_generated": int(tokens.sum()), "wall_s": wall,
             "wall_s_per_token": wall / max(int(tokens.sum()), 1),
         }
+        if self.decoder is not None:  # its analytic FLOPs (layers skipped) replace the full model's
+            row |= self.decoder.columns(model, gens)
         return self.headline(samples, seed, row) | row | {"samples": samples.records()}
 
     def headline(self, samples: Samples, seed: int, row: dict[str, Any]) -> dict[str, Any]:
@@ -223,18 +243,23 @@ class Sampling(Technique):
             out[f"flops_per_problem_at_{k}_analytic"] = flops_per_problem(row, samples, k)
         return out
 
-    def draw(self, model, task, groups, seed: int) -> tuple[list[str], np.ndarray, np.ndarray]:
-        """All samples: texts, model log-probabilities and token counts, in problem-major order."""
+    def draw(self, model, task, groups, seed: int) -> tuple[list[str], np.ndarray, np.ndarray, list]:
+        """All samples: texts, model log-probabilities and token counts, in problem-major order,
+        and the generations they came from."""
         import torch
 
         from explorer.generate import generate
 
         gen = torch.Generator().manual_seed(seed)
-        texts, logprob, tokens = [], [], []
-        for group in groups:
+        texts, logprob, tokens, gens = [], [], [], []
+        for i, group in enumerate(groups):
             prompts = [e.prompt for e in group for _ in range(self.n)]
-            g = generate(model.hf, model.tokenizer, prompts, max_new_tokens=task.max_new_tokens,
-                         temperature=self.temperature, top_p=self.top_p, generator=gen)
+            if self.decoder is not None:  # the decoder seeds its own sampler: one seed per group
+                g = self.generate(model, prompts, max_new_tokens=task.max_new_tokens, seed=seed * 7919 + i)
+            else:
+                g = generate(model.hf, model.tokenizer, prompts, max_new_tokens=task.max_new_tokens,
+                             temperature=self.temperature, top_p=self.top_p, generator=gen)
+            gens.append(g)
             texts += g.texts
             # A row that stopped early also decoded its end-of-sequence token.
             tokens += [min(len(t) + 1, task.max_new_tokens) for t in g.tokens]
@@ -242,7 +267,7 @@ class Sampling(Technique):
             # ranks by the model's own probability, so rescore unless the two coincide.
             tempered = self.temperature not in (0, 1) or self.top_p < 1
             logprob += model_logprobs(model, prompts, g.tokens, task.max_new_tokens) if tempered else g.logprobs
-        return texts, np.array(logprob), np.array(tokens)
+        return texts, np.array(logprob), np.array(tokens), gens
 
 
 def model_logprobs(model, prompts: list[str], tokens: list[list[int]], max_new_tokens: int) -> list[float]:
