@@ -65,6 +65,30 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[str, str]:
     return text, "hub"
 
 
+def reachable(names, timeout: float = 3.0) -> bool:
+    """Whether every model in `names` can be loaded from here without waiting on a network that is not there.
+
+    Zoo names and folders on disk always can. A Hugging Face id needs the Hub: False at once when
+    HF_HUB_OFFLINE is set, else one quick probe (the loader itself would retry for about half a
+    minute before giving up). A model already in the local HF cache still loads offline through `load`.
+    """
+    import urllib.request
+
+    names = [names] if isinstance(names, (str, os.PathLike)) else list(names)
+    try:
+        if all(resolve(n)[1] != "hub" for n in names):
+            return True
+    except ModelNotFound:
+        return False
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("", "0"):
+        return False
+    try:
+        urllib.request.urlopen("https://huggingface.co", timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
 def looks_like_path(text: str) -> bool:
     return text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep + os.sep in text
 

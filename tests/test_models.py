@@ -76,3 +76,13 @@ def test_bfloat16_load_halves_the_bytes(tiny_model):
 def test_unknown_zoo_spec_lists_the_family():
     with pytest.raises(KeyError, match="known: zoo-xs, zoo-s, zoo-m, zoo-l"):
         ex.zoo.spec("zoo-xl")
+
+
+def test_reachable_says_yes_to_local_models_and_no_to_the_hub_offline(monkeypatch):
+    from explorer import zoo
+    from explorer.models import reachable
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert reachable(["zoo-xs", str(zoo.path("zoo-s"))])
+    assert not reachable(["zoo-xs", "HuggingFaceTB/SmolLM2-135M"])  # offline: no probe, no wait
+    assert not reachable("./no-such-folder")
