@@ -140,6 +140,19 @@ def test_every_slider_redraws_the_lab_and_a_click_selects_a_point(tmp_path):
         readout = re.search(r"≤ ([0-9.e+-]+) weight_bytes", lab.budget_readout())
         assert shown and readout and shown[1] == readout[1], (lab.card(), lab.budget_readout())
 
+        # A page reload re-renders the chart from its last spec (drawn before the budget moved); the
+        # lab puts the state's budget back, so the red budget rule is drawn again.
+        # Saved first, as a teacher's notebook would be: the saved output names the lab's widgets,
+        # which the reloaded page fetches from the still-running kernel.
+        page.locator(".jp-Notebook").first.click(position={"x": 5, "y": 5})
+        page.keyboard.press("Control+s")
+        wait_for(page, lambda: page.locator(".jp-mod-dirty").count() == 0, 30, "the notebook to be saved")
+        page.reload(timeout=120_000)
+        wait_for(page, lambda: page.locator(".tx-lab .vega-embed svg [stroke='#d62728']").count() > 0, 120,
+                 "the budget rule after a page reload")
+        assert lab.status() == fit
+        jh.shot(page, "lab-reloaded")
+
         # Click the points until one takes (a point under the budget rule or the frontier line
         # passes the click on to them); the status line then names the chosen run.
         for point in page.locator(".tx-lab .vega-embed g.mark-symbol.role-mark path").all():

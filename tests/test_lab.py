@@ -49,6 +49,14 @@ def test_filters_never_run_a_model(lab):
     assert "300,000" in lab.card.value or "3e+05" in lab.card.value
 
 
+def test_a_page_reload_cannot_move_the_chart_params_away_from_the_state(lab):
+    lab.state.budget = 5e5
+    # What the front end sends after a reload: the values in the spec it rendered from.
+    lab.frontier.widget._params = {"budget": None, "cost_axis": "wall_s"}
+    assert lab.frontier.widget.params.budget == 5e5
+    assert lab.frontier.widget.params.cost_axis == lab.state.cost_axis == "weight_bytes"
+
+
 def test_the_budget_slider_fits_the_cost_axis_and_its_top_is_no_limit(lab):
     import math
 

@@ -109,6 +109,9 @@ class FrontierView:
         state.observe(self._on_filter, names=["budget", "cost_axis"])
         state.observe(lambda _: self.refresh(), names="k")  # stored samples read at the new k: no run
         self.widget.selections.observe(self._on_pick, names="pick")
+        # A page reload re-renders the chart from its spec and the front end reports the spec's
+        # param values back as if the user had set them: the state is the truth, so restore it.
+        self.widget.observe(self._guard, names="_params")
 
     def rows(self, df: pl.DataFrame) -> list[dict[str, Any]]:
         if df.height == 0 or "task" not in df.columns:
@@ -129,6 +132,14 @@ class FrontierView:
     def _on_filter(self, change) -> None:
         # A param change filters in the browser: no re-render, no run.
         setattr(self.widget.params, change["name"], self.params()[change["name"]])
+
+    def _guard(self, change) -> None:
+        # Runs after altair copied the front end's values into `params`; one corrected dict back.
+        want = self.params()
+        new = change["new"] or {}
+        wrong = {k: want[k] for k, v in new.items() if k in want and v != want[k]}
+        if wrong:
+            self.widget._params = {**new, **wrong}
 
     def _on_pick(self, change) -> None:
         picked = [v.get("config_hash") for v in (change["new"].value or [])]
