@@ -95,9 +95,10 @@ class Ray:
     ``"ray://host:10001"`` or ``"auto"``) an existing cluster is joined, and left running.
     Rows come back to this process, which stores them, so workers need no shared disk.
     Workers import this engine through PYTHONPATH (set below), so a remote cluster needs it
-    installed at the same path or as a package. Recent Ray starts `ray start` clusters with
-    token auth on while a driver sends no token by default: set RAY_AUTH_MODE=token here (or
-    disabled on both sides) when joining one.
+    installed at the same path or as a package. Ray's clusters use token auth by default
+    (`ray start` and local ones alike, one token in ~/.ray), but a driver sends no token
+    unless RAY_AUTH_MODE=token: this executor sets that unless you chose otherwise (set
+    RAY_AUTH_MODE=disabled to join a cluster started with auth off).
     """
 
     def __init__(self, address: str | None = None, workers: int | None = None):
@@ -106,6 +107,7 @@ class Ray:
         self.address, self.workers = address, workers
 
     def map(self, jobs: Sequence[Job]) -> Iterator[dict[str, Any] | Failed]:
+        ray_defaults()
         import ray
         from ray.util import ActorPool
 
@@ -140,6 +142,14 @@ class Worker:
         return try_job(job, self.models)
 
 
+def ray_defaults() -> None:
+    """Environment Ray reads when it is first imported in a process, so set before that."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a workshop tool phones nobody
+    # Token auth, as Ray's clusters default to (one token in ~/.ray for `ray start` and local
+    # clusters alike); a driver otherwise sends none and cannot join a `ray start` cluster.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+
+
 def start_ray(address: str | None, num_cpus: int | None, attempts: int = 3) -> None:
     """`ray.init`, tried again when a local node is slow to come up.
 
@@ -147,9 +157,9 @@ def start_ray(address: str | None, num_cpus: int | None, attempts: int = 3) -> N
     are busy its agents can take longer to import, and a second try (with their
     imports now cached) usually makes it.
     """
+    ray_defaults()
     import ray
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a workshop tool phones nobody
     for attempt in range(attempts):
         try:
             # A local cluster stays on loopback: nothing of a laptop's sweep listens on its network.

@@ -188,3 +188,16 @@ def test_each_exit_criterion_gets_a_threshold_on_its_own_scale(lab):
     assert lab.state.threshold == 0.75
     lab.controls["threshold_max_prob"].value = 0.6  # a hidden slider writes nothing
     assert lab.state.threshold == 0.75
+
+
+def test_the_pieces_compose_without_the_lab(lab):
+    """A notebook can show one frontier and one budget slider over a store, nothing else."""
+    from widgets import BudgetSlider, FrontierView, LabState
+
+    state = LabState(models=["zoo-xs", "zoo-s"], technique="quantize", n=lab.state.n)
+    view = FrontierView(state, lab.store)
+    budget = BudgetSlider(state, lambda: [r[state.cost_axis] for r in view.shown])
+    assert len(view.shown) >= 4  # the lab's runs, read from the shared store
+    budget.slider.value = 10 ** (budget.slider.min + 1)
+    assert view.widget.params.budget == pytest.approx(state.budget) and state.budget < min(
+        r["weight_bytes"] for r in view.shown)

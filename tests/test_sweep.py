@@ -223,8 +223,12 @@ def ray_head():
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # short: Ray's socket paths must fit 107 bytes
-    # Token auth is Ray's default for `ray start` but not for a driver; a loopback test cluster needs neither.
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
+    # Ray's defaults, token auth included, as a user's `ray start` would have them.
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_AUTH_MODE", None)
+    # The cluster's token, as `ray start` and our driver both read it from ~/.ray (made once per machine).
+    if not (Path.home() / ".ray" / "auth_token").exists():
+        subprocess.run(["ray", "get-auth-token", "--generate"], env=env, check=True, capture_output=True)
     log = Path(temp) / "head.log"
     with open(log, "w") as out:
         head = subprocess.Popen(["ray", "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
@@ -241,8 +245,7 @@ def ray_head():
 
 
 @pytest.mark.slow
-def test_ray_rows_from_an_existing_cluster_equal_local_rows(tmp_path, ray_head, monkeypatch):
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+def test_ray_rows_from_an_existing_cluster_equal_local_rows(tmp_path, ray_head):
     kw = dict(models=["zoo-xs", "zoo-s"], tasks=["sort", "shakespeare"], techniques=[ex.Baseline(), Sampling(n=2)],
               n=16, progress=False)
     remote = sweep(**kw, store=tmp_path / "ray", executor="ray", address=ray_head)
