@@ -144,10 +144,15 @@ class Worker:
 
 def ray_defaults() -> None:
     """Environment Ray reads when it is first imported in a process, so set before that."""
+    import sys
+
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a workshop tool phones nobody
     # Token auth, as Ray's clusters default to (one token in ~/.ray for `ray start` and local
     # clusters alike); a driver otherwise sends none and cannot join a `ray start` cluster.
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # Only before Ray's first import: a process that imported it already has its mode, and a
+    # local cluster started with another mode than its driver's would refuse that driver.
+    if "ray" not in sys.modules:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
 
 
 def start_ray(address: str | None, num_cpus: int | None, attempts: int = 3) -> None:

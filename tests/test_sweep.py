@@ -212,6 +212,21 @@ def test_ray_rows_equal_local_rows(tmp_path):
     assert comparable(remote) == comparable(local)
 
 
+@pytest.mark.slow
+def test_ray_works_when_the_user_imported_ray_first(tmp_path):
+    """Ray fixes its auth mode at first import; a notebook that imported ray itself must still sweep."""
+    script = textwrap.dedent(f"""
+        import ray
+        import explorer as ex
+        rows = ex.sweep(["zoo-xs"], "sort", ex.Baseline(), n=8, store={str(tmp_path)!r}, executor="ray",
+                        workers=1, progress=False)
+        print("ROWS", rows.height)
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"} | {"HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert "ROWS 1" in out.stdout, out.stderr[-2000:]
+
+
 @pytest.fixture
 def ray_head():
     """A Ray head started from the command line with two CPUs, as a user would start a cluster;
