@@ -167,10 +167,15 @@ def start_ray(address: str | None, num_cpus: int | None, attempts: int = 3) -> N
 
     for attempt in range(attempts):
         try:
-            # A local cluster stays on loopback: nothing of a laptop's sweep listens on its network.
-            local = {} if address else {"_node_ip_address": "127.0.0.1"}
-            ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False,
-                     runtime_env={"env_vars": worker_env()}, **local)
+            if address:  # an existing cluster's workers get what they need through the job's runtime_env
+                where = {"runtime_env": {"env_vars": worker_env()}}
+            else:
+                # A local cluster stays on loopback: nothing of a laptop's sweep listens on its network.
+                # Its workers inherit this process's environment, so no runtime_env: Ray then hands an
+                # actor a worker it prestarted at init (1.6 s to the first job here, not 4.5 s).
+                os.environ.update(worker_env())
+                where = {"_node_ip_address": "127.0.0.1"}
+            ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, **where)
             return
         except Exception as err:  # Ray raises a bare Exception for this
             if "timed out during startup" not in str(err) or attempt == attempts - 1:
@@ -181,7 +186,8 @@ def start_ray(address: str | None, num_cpus: int | None, attempts: int = 3) -> N
 def worker_env() -> dict[str, str]:
     """What a worker process needs to import this engine and stay offline like the driver."""
     package_root = str(Path(__file__).resolve().parent.parent)
-    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    path = os.pathsep.join(paths if package_root in paths else [package_root, *paths])
     env = {"PYTHONPATH": path}
     for name in ("HF_HUB_OFFLINE", "HF_HOME", "TOKENIZERS_PARALLELISM", "EXPLORER_STORE"):
         if name in os.environ:
