@@ -273,6 +273,8 @@ def test_reading_a_row_at_k_uses_its_stored_samples_only(row, tiny_model):
     assert at_1["tokens_generated"] == pytest.approx(row["tokens_generated"] / 8)
     assert at_1["knob_k"] == 1 and at_1["accuracy_lo"] <= at_1["accuracy"] <= at_1["accuracy_hi"]
     assert read_at_k(df, 64).row(0, named=True)["knob_k"] == 8  # k past n reads all n
+    composed = ex.run(tiny_model, "addition", [ex.Quantize(bits=8), Sampling(n=4)], n=8, seed=5, repeats=1)
+    assert read_at_k(to_frame(composed), 1).row(0, named=True)["knob_k"] == 1  # a composed row's samples too
     assert read_at_k(df, 1).row(1, named=True) == df.row(1, named=True)  # not a sampling row: untouched
     with pytest.raises(ValueError, match="k=0"):
         read_at_k(df, 0)

@@ -34,7 +34,8 @@ class BudgetSlider(w.HBox):
 
     def fit(self, costs: Iterable[float] | None = None) -> None:
         """Fit the range to the costs on screen (a decade either side); keep the budget where it is."""
-        values = [c for c in (self.costs() if costs is None else costs) if isinstance(c, (int, float)) and c > 0 and math.isfinite(c)]
+        given = self.costs() if costs is None else costs
+        values = [c for c in given if isinstance(c, (int, float)) and c > 0 and math.isfinite(c)]
         lo, hi = ((math.floor(math.log10(min(values))) - 1, math.ceil(math.log10(max(values))) + 1)
                   if values else (3, 9))
         self._fitting = True
@@ -54,9 +55,9 @@ class BudgetSlider(w.HBox):
     def _moved(self, change) -> None:
         if self._fitting:
             return
-        value = change["new"]
-        self.state.budget = math.inf if value >= self._top() * (1 - 1e-9) else value
-        if self.state.budget != (math.inf if value >= self._top() * (1 - 1e-9) else value):
+        want = math.inf if change["new"] >= self._top() * (1 - 1e-9) else change["new"]
+        self.state.budget = want
+        if self.state.budget != want:
             self._show()  # refused: the slider snaps back
 
     def _show(self, _=None) -> None:

@@ -25,16 +25,17 @@ SAMPLES = [2, 4, 8, 16, 32, 64]
 GROUPS = [("per channel", 0), ("32", 32), ("64", 64), ("128", 128)]
 
 
-def bind(control: w.ValueWidget, state: LabState, name: str) -> w.ValueWidget:
-    """Two-way link that respects the state's refusals: a refused value snaps the control back."""
+def bind(control: w.ValueWidget, state: LabState, name: str, *, before=None) -> w.ValueWidget:
+    """Two-way link that respects the state's refusals: a refused value snaps the control back.
+    `before()` runs before the state's value reaches the control (e.g. to widen its range)."""
     def to_state(change):
         setattr(state, name, change["new"])
         if getattr(state, name) != change["new"]:
             control.value = getattr(state, name)
 
     def to_control(change):
-        if name == "k":  # its range follows the samples drawn, which may have just grown
-            control.max = max(control.max, state.samples)
+        if before is not None:
+            before()
         if control.value != change["new"]:
             control.value = change["new"]
 
@@ -78,7 +79,9 @@ def controls(state: LabState) -> dict[str, w.Widget]:
         "cost_axis": w.Dropdown(options=list(COST_AXES), description="cost axis", style=style),
     }
     for name, control in c.items():
-        bind(control, state, name)
+        # k's range follows the samples drawn, which may have grown just before k moves with them.
+        widen = (lambda: setattr(c["k"], "max", max(c["k"].max, state.samples))) if name == "k" else None
+        bind(control, state, name, before=widen)
 
     # One threshold slider per criterion, each on its own fixed scale (a slider whose range
     # moved would clamp and so write a threshold the user never chose); only the slider of

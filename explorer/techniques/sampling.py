@@ -296,7 +296,7 @@ def model_logprobs(model, prompts: list[str], tokens: list[list[int]], max_new_t
 
 
 def read_at_k(df, k: int):
-    """`df` with each Sampling row read at min(k, n) samples, from its stored samples (no generation).
+    """`df` with each row that drew samples read at min(k, n) of them, from those stored (no generation).
 
     A Sampling row is measured once with n draws per problem; any k <= n is a subset of
     those draws. The row's `accuracy` (its aggregator at k, with its bootstrap interval),
@@ -309,7 +309,8 @@ def read_at_k(df, k: int):
         raise ValueError(f"k={k!r}; give a sample count of 1 or more")
     if df.height == 0 or not {"technique", "samples", "knob_n", "config_hash"} <= set(df.columns):
         return df
-    rows = df.filter((pl.col("technique") == "sampling") & pl.col("samples").is_not_null()).to_dicts()
+    # Every row that drew samples: Sampling alone or composed (quantize+sampling, early_exit+sampling).
+    rows = df.filter(pl.col("samples").is_not_null() & pl.col("knob_n").is_not_null()).to_dicts()
     if not rows:
         return df
     update = pl.DataFrame([at_k(row, min(k, int(row["knob_n"]))) for row in rows])
