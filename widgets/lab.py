@@ -158,6 +158,7 @@ class Lab(w.VBox):
         left = w.VBox([c["technique"], c["task"], c["models"], knobs, c["cost_axis"], c["budget"]],
                       layout=w.Layout(min_width="380px"))
         self.detail = w.VBox()  # the technique's own view of its latest run
+        self._frame = None  # the store as of the last refresh
         self.state.observe(self._k_moved, names="k")
         right = w.VBox([self.frontier.widget, self.card, self.detail])
         super().__init__([w.HBox([left, right]), w.HBox([self.progress, self.status])])
@@ -190,19 +191,21 @@ class Lab(w.VBox):
         return [r.get(self.state.cost_axis) for r in self.frontier.shown]
 
     def refresh(self) -> None:
-        df = self.store.frame()
+        # One read of the store per refresh; filter moves (budget, cost axis, k) reuse it, since
+        # new rows only arrive through a refresh.
+        df = self._frame = self.store.frame()
         self.frontier.refresh(df)
         self.controls["budget"].fit()
         self._card(df)
-        self._detail()
+        self._detail(df)
 
-    def current_row(self) -> dict | None:
+    def current_row(self, df=None) -> dict | None:
         """The stored row of the selected technique on the largest selected model, if run."""
         try:
             jobs = [j for j in self.runner.jobs() if j.technique.name == self.state.technique]
         except (ValueError, KeyError):
             return None
-        df = self.store.frame()
+        df = self.store.frame() if df is None else df
         if df.height == 0:
             return None
         for job in reversed(jobs):  # the models as chosen; the last is the largest in the zoo's order
@@ -211,10 +214,10 @@ class Lab(w.VBox):
                 return match.to_dicts()[0]
         return None
 
-    def _detail(self) -> None:
+    def _detail(self, df=None) -> None:
         from widgets.tokens import CurveView, ExitMapView, SpecStreamView
 
-        row = self.current_row()
+        row = self.current_row(df)
         view = None
         if row is not None and row.get("technique") == "early_exit" and row.get("exit_layers"):
             view = ExitMapView.from_row(row)
@@ -244,7 +247,7 @@ class Lab(w.VBox):
                 view.k = change["new"]
 
     def _card(self, df=None) -> None:
-        self.card.value = best_card(self.state, self.store, df)
+        self.card.value = best_card(self.state, self.store, self._frame if df is None else df)
 
     def _status(self) -> None:
         mark = "⏳ " if self.state.busy else ""
