@@ -15,7 +15,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--task", default="addition")
     r.add_argument("-n", type=int, default=200, help="number of examples")
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--technique", action="append", default=None, metavar="NAME",
+                   help="a registered technique (`explorer techniques` lists them); repeat to compose")
+    r.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
+                   help="a knob of the technique(s), e.g. bits=4 (a value is read as JSON, else as text)")
     r.add_argument("--json", action="store_true", help="print the row as JSON")
+
+    sub.add_parser("techniques", help="the registered techniques: roles, knobs with their ranges, default cost axis")
 
     z = sub.add_parser("zoo", help="the embedded model family")
     zsub = z.add_subparsers(dest="zcmd", required=True)
@@ -51,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--by", default="task", help="one frontier per value of this column ('' for one overall)")
     f.add_argument("--task", default=None, help="only rows of this task")
     f.add_argument("--all", action="store_true", help="print every point with its status, not only the frontier")
+    f.add_argument("--at", action="append", default=[], metavar="NAME=VALUE",
+                   help="re-read stored rows at a technique's filter, e.g. k=4 (sampling rows at 4 samples)")
     f.add_argument("--out", default=None, help="write the chart: .html, .png or .svg")
 
     e = sub.add_parser("export", help="write every stored row to one .parquet or .csv file")
@@ -74,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_run(args) -> int:
     import explorer as ex
 
-    row = ex.run(args.model, args.task, n=args.n, seed=args.seed)
+    row = ex.run(args.model, args.task, technique_of(args.technique or [], args.knob), n=args.n, seed=args.seed)
     if args.json:
         print(json.dumps(row, default=str))
     else:
@@ -145,10 +153,54 @@ def cmd_sweep(args) -> int:
     return 0
 
 
+def assignments(items: list[str]) -> dict:
+    """NAME=VALUE pairs; a value is read as JSON (4, 0.5, true, null), else kept as text."""
+    out = {}
+    for item in items:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip():
+            raise ValueError(f"{item!r}; give NAME=VALUE, e.g. bits=4")
+        try:
+            out[name.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name.strip()] = value
+    return out
+
+
+def technique_of(names: list[str], knobs: list[str]):
+    """The technique(s) named, each given the knobs that are its fields (composed when several)."""
+    import dataclasses
+
+    from explorer.compose import compose
+    from explorer.techniques import Baseline, techniques
+
+    values = assignments(knobs)
+    classes = [techniques.get(n) for n in names]
+    fields = [{f.name for f in dataclasses.fields(c)} for c in classes]
+    unknown = sorted(set(values) - set().union(*fields)) if classes else sorted(values)
+    if unknown:
+        raise ValueError(f"--knob {', '.join(unknown)}: not a knob of {', '.join(names) or 'the baseline'}; "
+                         f"knobs: {', '.join(sorted(set().union(*fields))) or 'none'}")
+    parts = [c(**{k: v for k, v in values.items() if k in f}) for c, f in zip(classes, fields)]
+    return compose(*parts) if parts else Baseline()
+
+
+def cmd_techniques(args) -> int:
+    from explorer.techniques import declarations
+
+    for d in declarations():
+        print(f"{d.name}: {d.summary}")
+        print(f"    roles: {', '.join(sorted(d.roles)) or 'none (the model as loaded)'}; default cost axis: {d.axis}")
+        for k in (*d.knobs, *d.filters):
+            print(f"    {'filter' if k in d.filters else 'knob'} {k.describe()}")
+    return 0
+
+
 def cmd_frontier(args) -> int:
     import polars as pl
 
-    from explorer.frontier import chart, frontier
+    from explorer.frontier import chart
+    from explorer.frontier import points as frontier_points
     from explorer.store import Store
 
     store = Store(args.store)
@@ -159,8 +211,10 @@ def cmd_frontier(args) -> int:
         raise ValueError(f"no stored rows{f' for task {args.task!r}' if args.task else ''} in {store.path}; "
                          "run `explorer sweep` first")
     by = args.by or None
-    points = frontier(df, cost=args.cost, quality=args.quality, by=by, maximize=not args.lower_is_better,
-                      keep="all" if args.all else "frontier")
+    maximize = False if args.lower_is_better else None  # None: the quality's direction from explorer.metrics
+    filters = assignments(args.at)
+    points = frontier_points(df, cost=args.cost, quality=args.quality, by=by, maximize=maximize, filters=filters,
+                             keep="all" if args.all else "frontier")
     # One readable column: the technique and the knobs whose values differ between the points shown.
     varied = [c for c in points.columns if c.startswith("knob_") and points[c].drop_nulls().n_unique() > 1]
     label = pl.concat_str([pl.col("technique"), *[pl.when(pl.col(c).is_not_null()).then(
@@ -173,7 +227,7 @@ def cmd_frontier(args) -> int:
     if args.out:
         if not args.out.endswith((".html", ".png", ".svg")):
             raise ValueError(f"--out {args.out!r}; the chart is written as .html, .png or .svg")
-        chart(df, cost=args.cost, quality=args.quality, by=by, maximize=not args.lower_is_better).save(args.out)
+        chart(df, cost=args.cost, quality=args.quality, by=by, maximize=maximize, filters=filters).save(args.out)
         print(f"wrote {args.out}")
     print(f"store: {store.path}")
     return 0
@@ -222,7 +276,7 @@ def cmd_lab(args) -> int:
 
 
 COMMANDS = {("run", None): cmd_run, ("zoo", "list"): cmd_zoo_list, ("zoo", "train"): cmd_zoo_train,
-            ("table", None): cmd_table, ("sweep", None): cmd_sweep, ("frontier", None): cmd_frontier,
+            ("table", None): cmd_table, ("techniques", None): cmd_techniques, ("sweep", None): cmd_sweep, ("frontier", None): cmd_frontier,
             ("export", None): cmd_export, ("lab", None): cmd_lab}
 
 if __name__ == "__main__":

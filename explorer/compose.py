@@ -1,43 +1,51 @@
 """Composition: several techniques run as one configuration.
 
-Each technique's role is read from the hooks it overrides (explorer/techniques):
+Each technique declares its roles where it registers (explorer/techniques/base.py),
+and composition reads only those:
 
-- a *preparer* changes the model (`prepare`): Quantize;
-- a *decoder* owns the decoding of a batch (`generate`): EarlyExit, Speculative;
-- an *evaluator* owns the whole evaluation (`evaluate`): Sampling.
+- CHANGES_WEIGHTS: its `prepare` changes the model (Quantize): runs first;
+- DECODES: owns the decoding of a batch (`generate`): EarlyExit, Speculative;
+- AGGREGATES: owns the evaluation and draws many samples per problem, through
+  the configuration's decoder if there is one (Sampling);
+- EVALUATES: owns the evaluation with a loop of its own (Speculative times the
+  target alone between its repeats), so no other decoder can feed it.
 
-A composition chains every `prepare` (preparers first, so a draft or an exit
-head sees the quantized model), lets the one decoder decode and the one
-evaluator evaluate. Two decoders or two evaluators have no meaning together
-(whose loop would run?), nor does a technique twice, and such lists are refused
-with the reason. An evaluator draws with a decoder only when it says it can:
-its class sets `accepts_decoder = True` and calls `self.generate(...)` for
-every batch it decodes; composition then routes those calls to the decoder.
+A composition chains every `prepare` (weight changers first, so a draft or an
+exit head sees the quantized model), lets the one decoder decode and the one
+evaluator evaluate, handing the decoder to an aggregator as `evaluate(...,
+decoder=)`: nothing is subclassed at run time. Two decoders or two evaluators
+have no meaning together (whose loop would run?), nor does a technique twice,
+and such lists are refused with the reason.
 """
 from __future__ import annotations
 
 import dataclasses
 from typing import Any, ClassVar, Iterable
 
-from explorer.techniques import Baseline, Technique
+from explorer.techniques.base import AGGREGATES, DECODES, EVALUATES, Baseline, Technique, roles_of
 
-PREPARE, DECODE, EVALUATE = "prepare", "decode", "evaluate"
+EVALUATORS = {AGGREGATES, EVALUATES}
 
 
-def roles(technique: Technique) -> set[str]:
-    cls = type(technique)
-    out = {PREPARE} if cls.prepare is not Technique.prepare else set()
-    if cls.generate is not Technique.generate:
-        out.add(DECODE)
-    if cls.evaluate is not Technique.evaluate:
-        out.add(EVALUATE)
-    return out
+def roles(technique: Technique) -> frozenset[str]:
+    """The roles `technique` declared (checked against the hooks it overrides)."""
+    return roles_of(type(technique))
+
+
+def parts_of(technique: Technique) -> tuple[Technique, ...]:
+    return technique.parts if isinstance(technique, Composed) else (technique,)
+
+
+def decodes(technique: Technique) -> bool:
+    """Whether (any part of) `technique` decodes or evaluates: a likelihood task would not see it."""
+    return any(roles(p) & {DECODES, *EVALUATORS} for p in parts_of(technique))
 
 
 def rank(technique: Technique) -> int:
-    """Canonical order: preparers, then the decoder, then the evaluator (so [S, Q] == [Q, S])."""
+    """Canonical order: weight changers and other preparers, then the decoder, then the evaluator
+    (so [S, Q] == [Q, S])."""
     r = roles(technique)
-    return 2 if EVALUATE in r else 1 if DECODE in r else 0
+    return 2 if r & EVALUATORS else 1 if DECODES in r else 0
 
 
 def compose(*techniques: Technique | Iterable[Technique]) -> Technique:
@@ -45,6 +53,16 @@ def compose(*techniques: Technique | Iterable[Technique]) -> Technique:
 
     Baselines are dropped (they change nothing); a single technique comes back as itself.
     """
+    parts = flat(techniques)
+    if not parts:
+        return Baseline()
+    if len(parts) == 1:
+        return parts[0]
+    check(parts)
+    return Composed(tuple(sorted(parts, key=rank)))
+
+
+def flat(techniques) -> list[Technique]:
     parts: list[Technique] = []
     for t in techniques:
         if isinstance(t, Composed):
@@ -52,16 +70,29 @@ def compose(*techniques: Technique | Iterable[Technique]) -> Technique:
         elif isinstance(t, Technique):
             parts.append(t)
         elif isinstance(t, (list, tuple)):
-            parts.extend(compose(*t).parts if len(t) else [])
+            parts.extend(flat(t))
         else:
             raise ValueError(f"compose: {t!r} is not a technique; give techniques such as explorer.Baseline()")
-    parts = [p for p in parts if not isinstance(p, Baseline)]
-    if not parts:
-        return Baseline()
-    if len(parts) == 1:
-        return parts[0]
-    check(parts)
-    return Composed(tuple(sorted(parts, key=rank)))
+    return [p for p in parts if not isinstance(p, Baseline)]
+
+
+def stack(*techniques: Technique | Iterable[Technique]) -> Technique:
+    """`compose`, after an aggregator hands its declared knobs to the decoder it draws through.
+
+    Sampling declares `hands_down=["temperature"]`: stacked on EarlyExit, the exiting model
+    samples at sampling's temperature (compose alone refuses the mismatch, as code should
+    say what it means; a lab's stack of controls means this).
+    """
+    parts = flat(techniques)
+    decoders = [p for p in parts if DECODES in roles(p) and not roles(p) & EVALUATORS]
+    for agg in [p for p in parts if AGGREGATES in roles(p)]:
+        names = agg.declaration.hands_down if agg.declaration else ()
+        for i, p in enumerate(parts):
+            if any(p is d for d in decoders):
+                fields = {f.name for f in dataclasses.fields(p)}
+                given = {k: getattr(agg, k) for k in names if k in fields}
+                parts[i] = dataclasses.replace(p, **given) if given else p
+    return compose(*parts)
 
 
 def check(parts: list[Technique]) -> None:
@@ -71,16 +102,16 @@ def check(parts: list[Technique]) -> None:
     if twice:
         raise ValueError(f"compose: {', '.join(twice)} appears twice in {names}; one configuration applies each "
                          "technique once (sweep both settings as separate configurations instead)")
-    for role, what in ((DECODE, "decodes tokens (overrides generate)"),
-                       (EVALUATE, "runs its own evaluation (overrides evaluate)")):
-        owners = [p.name for p in parts if role in roles(p)]
+    for role, what in (({DECODES}, "decodes tokens (role 'decodes')"),
+                       (EVALUATORS, "runs its own evaluation (role 'aggregates_samples' or 'evaluates')")):
+        owners = [p.name for p in parts if roles(p) & role]
         if len(owners) > 1:
             raise ValueError(f"compose: {' and '.join(owners)} each {what}; a configuration can have only one, "
                              "so these cannot run together")
-    decoder = next((p for p in parts if DECODE in roles(p) and EVALUATE not in roles(p)), None)
-    evaluator = next((p for p in parts if EVALUATE in roles(p)), None)
-    if decoder and evaluator and not getattr(type(evaluator), "accepts_decoder", False):
-        raise ValueError(f"compose: {evaluator.name} draws its samples with its own decoding loop, so "
+    decoder = next((p for p in parts if DECODES in roles(p) and not roles(p) & EVALUATORS), None)
+    evaluator = next((p for p in parts if roles(p) & EVALUATORS), None)
+    if decoder and evaluator and AGGREGATES not in roles(evaluator):
+        raise ValueError(f"compose: {evaluator.name} evaluates with its own decoding loop, so "
                          f"{decoder.name}'s decoding would be silently ignored; this combination is refused")
     if decoder and evaluator and hasattr(evaluator, "check_decoder"):
         evaluator.check_decoder(decoder)  # e.g. samples drawn greedily would all be the same
@@ -123,16 +154,16 @@ class Composed(Technique):
         return model
 
     def generate(self, model, prompts: list[str], *, max_new_tokens: int, seed: int):
-        decoder = self._one(DECODE)
+        decoder = self._one(DECODES)
         if decoder is None:
             return super().generate(model, prompts, max_new_tokens=max_new_tokens, seed=seed)
         return decoder.generate(model, prompts, max_new_tokens=max_new_tokens, seed=seed)
 
     def columns(self, model, generations: list) -> dict[str, Any]:
-        decoder = self._one(DECODE)
+        decoder = self._one(DECODES)
         out: dict[str, Any] = {}
         for p in self.parts:  # a non-decoder's columns see generations that only its decoder could read
-            if p is decoder or DECODE not in roles(p):
+            if p is decoder or DECODES not in roles(p):
                 out |= p.columns(model, generations)
         return out
 
@@ -143,22 +174,11 @@ class Composed(Technique):
         return out
 
     def evaluate(self, model, task, examples, *, seed: int, repeats: int, batch_size: int) -> dict[str, Any]:
-        evaluator, decoder = self._one(EVALUATE), self._one(DECODE)
+        evaluator = next((p for p in self.parts if roles(p) & EVALUATORS), None)
+        decoder = next((p for p in self.parts if DECODES in roles(p) and p is not evaluator), None)
         if evaluator is None:
             return super().evaluate(model, task, examples, seed=seed, repeats=repeats, batch_size=batch_size)
-        if decoder is not None and decoder is not evaluator:
-            evaluator = with_decoder(evaluator, decoder)
+        if decoder is not None and AGGREGATES in roles(evaluator):
+            return evaluator.evaluate(model, task, examples, seed=seed, repeats=repeats, batch_size=batch_size,
+                                      decoder=decoder)
         return evaluator.evaluate(model, task, examples, seed=seed, repeats=repeats, batch_size=batch_size)
-
-
-def with_decoder(evaluator: Technique, decoder: Technique) -> Technique:
-    """A copy of `evaluator` whose `generate` is `decoder`'s (for evaluators with accepts_decoder)."""
-    cls = type(evaluator)
-    routed = type(f"{cls.__name__}Via{type(decoder).__name__}", (cls,), {
-        "generate": lambda self, *a, **kw: decoder.generate(*a, **kw),
-        "decoder": decoder,  # for the decoder's own columns (exit layers, ...)
-        "__module__": cls.__module__,
-    })
-    copy = object.__new__(routed)
-    copy.__dict__.update(evaluator.__dict__)  # frozen dataclass: same field values, no re-validation needed
-    return copy

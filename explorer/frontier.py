@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import polars as pl
@@ -148,21 +148,78 @@ def check_columns(df: pl.DataFrame, columns: list[str], who: str) -> None:
 
 
 
+def read_at(df: pl.DataFrame, filters: Mapping[str, Any] | None = None) -> pl.DataFrame:
+    """`df` with each technique's rows re-read at the filter values it declares (no run).
+
+    A technique whose rows can be read again at another setting declares filters and a
+    `read_at` hook (Sampling: `k`, any k <= the n samples it drew). `filters` maps filter
+    names to values; a technique none of whose filters is given is left as stored.
+    """
+    from explorer.techniques import declarations
+
+    for d in declarations():
+        given = {f.field: filters[f.name] for f in d.filters if filters and f.name in filters}
+        if d.read_at is not None and given and df.height:
+            df = d.read_at(df, **given)
+    return df
+
+
+def points(df: pl.DataFrame, *, cost: str | Sequence[str] = "flops_per_problem_analytic",
+           quality: str = "accuracy", by: str | Sequence[str] | None = None, maximize: bool | None = None,
+           filters: Mapping[str, Any] | None = None, keep: str = "all") -> pl.DataFrame:
+    """The points every chart draws: the one place a frontier chart's data is computed.
+
+    Rows re-read at `filters` (each technique's read-at hook, e.g. {"k": 4}), derived costs
+    added, rows without the quality dropped, then each point's frontier status. With one
+    `cost` column: `frontier(..., keep=keep)` (columns `on_frontier`, `frontier_status`).
+    With several: one row per run and a `status_<cost>` column for each cost the rows have
+    (the lab's chart switches axes in the browser). `maximize=None` takes the quality's
+    direction from explorer.metrics (bits per char: lower is better).
+    """
+    from explorer.metrics import higher_is_better
+
+    maximize = higher_is_better(quality) if maximize is None else maximize
+    df = read_at(df, filters)
+    if isinstance(cost, str):
+        return frontier(df, cost=cost, quality=quality, by=by, maximize=maximize, keep=keep)
+    costs = list(cost)
+    if df.height == 0 or quality not in df.columns:
+        return pl.DataFrame()
+    df = with_derived(df.filter(pl.col(quality).is_not_null()), costs)
+    out = df
+    key = "config_hash" if "config_hash" in df.columns else None
+    if key is None:
+        out = df = df.with_row_index("config_hash").with_columns(pl.col("config_hash").cast(pl.String))
+    for axis in costs:
+        if axis not in df.columns or df[axis].is_null().all() or not df.schema[axis].is_numeric():
+            continue
+        marked = frontier(df.select([c for c in ("config_hash", axis, quality, f"{quality}_lo", f"{quality}_hi", *(
+            [by] if isinstance(by, str) else list(by or []))) if c in df.columns]),
+            cost=axis, quality=quality, by=by, maximize=maximize, keep="all")
+        out = out.join(marked.select("config_hash", pl.col("frontier_status").alias(f"status_{axis}")),
+                       on="config_hash", how="left")
+    return out
+
+
 def chart(df: pl.DataFrame, *, cost: str = "flops_per_token_analytic", quality: str = "accuracy",
-          by: str | None = None, maximize: bool = True, color: str = "technique"):
-    """An altair chart: every point with its interval, the frontier as a step line, one panel per `by`.
+          by: str | None = None, maximize: bool | None = None, color: str = "technique",
+          filters: Mapping[str, Any] | None = None):
+    """An altair chart of `points(...)`: every point with its interval, the frontier as a step
+    line, one panel per `by`; axis titles and units from explorer.metrics.
 
     altair is imported here, not at module import: the engine must run without it.
     """
     import altair as alt
 
-    points = frontier(df, cost=cost, quality=quality, by=by, maximize=maximize, keep="all")
+    from explorer.metrics import axis_title
+
+    pts = points(df, cost=cost, quality=quality, by=by, maximize=maximize, filters=filters, keep="all")
     lo, hi = f"{quality}_lo", f"{quality}_hi"
     wanted = ["model", "task", "technique", color, by, cost, quality, lo, hi, "frontier_status", "on_frontier"]
-    data = points.select([c for c in dict.fromkeys(wanted) if c and c in points.columns])
+    data = pts.select([c for c in dict.fromkeys(wanted) if c and c in pts.columns])
     color_enc = alt.Color(f"{color}:N") if color in data.columns else alt.value("steelblue")
-    x = alt.X(f"{cost}:Q", scale=alt.Scale(type="log"), title=cost)
-    bars = alt.Chart().mark_rule(opacity=0.4).encode(x=x, y=alt.Y(f"{lo}:Q", title=quality), y2=f"{hi}:Q",
+    x = alt.X(f"{cost}:Q", scale=alt.Scale(type="log"), title=axis_title(cost))
+    bars = alt.Chart().mark_rule(opacity=0.4).encode(x=x, y=alt.Y(f"{lo}:Q", title=axis_title(quality)), y2=f"{hi}:Q",
                                                      color=color_enc)
     dots = alt.Chart().mark_point(filled=True, size=60).encode(
         x=x, y=f"{quality}:Q", color=color_enc, tooltip=data.columns,
@@ -170,4 +227,5 @@ def chart(df: pl.DataFrame, *, cost: str = "flops_per_token_analytic", quality: 
     line = alt.Chart().mark_line(color="black", interpolate="step-after").encode(x=x, y=f"{quality}:Q") \
         .transform_filter("datum.on_frontier")
     layered = alt.layer(bars, dots, line, data=data).properties(width=420, height=300)
-    return layered.facet(column=f"{by}:N") if by else layered.properties(title=f"{quality} vs {cost}")
+    return layered.facet(column=f"{by}:N") if by else layered.properties(
+        title=f"{axis_title(quality)} vs {axis_title(cost)}")

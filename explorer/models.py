@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from explorer import zoo
+from explorer.registry import loaded
 
 
 class ModelNotFound(ValueError):
@@ -122,7 +123,9 @@ def load(name_or_path: str | os.PathLike, *, dtype: str = "float32", trust_remot
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    return Model(hf, tokenizer, facts_of(hf, str(name_or_path), source, revision_of(where, hf)))
+    model = Model(hf, tokenizer, facts_of(hf, str(name_or_path), source, revision_of(where, hf)))
+    loaded[model.name] = model  # the kernel's models, for the lab's list (held weakly)
+    return model
 
 
 def revision_of(where: str, hf) -> str:

@@ -80,10 +80,9 @@ def run(model: Model | str, task: T.Task | str, technique: Technique | None = No
 
 def check_scores_only(technique: Technique, task: T.Task) -> None:
     """A likelihood task scores the prepared model; a technique that decodes would not show in it."""
-    from explorer.compose import DECODE, EVALUATE, Composed, roles
+    from explorer.compose import decodes, parts_of
 
-    parts = technique.parts if isinstance(technique, Composed) else (technique,)
-    decoding = [p.name for p in parts if roles(p) & {DECODE, EVALUATE}]
+    decoding = [p.name for p in parts_of(technique) if decodes(p)]
     if decoding:
         raise ValueError(f"task {task.name!r} scores text with the (prepared) model; {', '.join(decoding)} "
                          f"changes decoding, which this task never does. Use a generative task: "

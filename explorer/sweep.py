@@ -21,7 +21,7 @@ from explorer import tasks as T
 from explorer.executors import Failed, Job
 from explorer.executors import get as get_executor
 from explorer.store import KEY, Store
-from explorer.techniques import Baseline, Technique, techniques as registry
+from explorer.techniques import Baseline, Technique, declarations, techniques as registry
 
 
 class Grid(list):
@@ -100,10 +100,9 @@ def model_identity(name: str) -> tuple[str, str]:
 def applies(technique: Technique, task: T.Task) -> bool:
     """A likelihood task only scores the prepared model, so a technique that decodes or
     evaluates (EarlyExit, Sampling) would give a duplicate of a row without it: skip it there."""
-    from explorer.compose import DECODE, EVALUATE, Composed, roles
+    from explorer.compose import decodes
 
-    parts = technique.parts if isinstance(technique, Composed) else (technique,)
-    return task.kind != "likelihood" or not any(roles(p) & {DECODE, EVALUATE} for p in parts)
+    return task.kind != "likelihood" or not decodes(technique)
 
 
 def plan(models: Sequence[str] | str, tasks: Sequence[str] | str, techniques=None, *, n: int = 200,
@@ -186,8 +185,9 @@ def weight_size(model: str) -> int:
 
 SPEC_KEYS = ("models", "tasks", "techniques", "n", "seed", "repeats", "batch_size")
 
-# The default sweep over the embedded family: every model and task, the baseline and a
-# small grid per technique, sized to finish in minutes on a two-core laptop.
+# The default sweep over the embedded family: every model and task, the baseline, the
+# small grid each registered technique declares (`@technique(..., sweep=[...])`) and the
+# compositions below, sized to finish in minutes on a two-core laptop.
 # Techniques not registered in this install are left out.
 DEFAULT_SPEC: dict[str, Any] = {
     "models": "zoo",  # every zoo model with weights
@@ -197,11 +197,7 @@ DEFAULT_SPEC: dict[str, Any] = {
     "repeats": 1,
     "techniques": [
         {"name": "baseline"},
-        {"name": "quantize", "bits": [2, 4, 8]},
-        {"name": "early_exit", "threshold": [0.6, 0.9]},
-        # One sample count is enough: a Sampling row carries every k <= n, read from its stored samples.
-        {"name": "sampling", "n": [8], "aggregator": "majority"},
-        {"name": "speculative", "draft": "zoo-xs", "draft_len": [4]},
+        *[{"name": d.name, **g} for d in declarations() for g in d.sweep],
         # The joint space no single paper draws: a 4-bit model sampled, a 4-bit model exiting early.
         {"compose": [{"name": "quantize", "bits": [4]}, {"name": "sampling", "n": [4]}]},
         {"compose": [{"name": "quantize", "bits": [4]}, {"name": "early_exit", "threshold": [0.9]}]},
@@ -267,7 +263,8 @@ def techniques_of(entry: dict[str, Any], skip_missing: bool = False) -> list[Tec
     if entry["name"] not in registry:
         if skip_missing:
             return []
-        raise ValueError(f"sweep file: unknown technique {entry['name']!r}; known: {', '.join(registry.names())}")
+        raise ValueError(f"sweep file: unknown technique {entry['name']!r}; {registry.suggest(entry['name'])}"
+                         f"known: {', '.join(registry.names())}")
     return list(grid(registry.get(entry["name"]), **knobs))
 
 

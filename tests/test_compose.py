@@ -6,7 +6,7 @@ import pytest
 import explorer as ex
 from explorer.compose import Composed, compose, roles
 from explorer.runs import accuracy_columns, config_hash
-from explorer.techniques import Technique, techniques
+from explorer.techniques import AGGREGATES, CHANGES_WEIGHTS, DECODES, Technique, techniques
 
 
 # Small techniques of each role, so the rules are checked apart from any real technique.
@@ -15,6 +15,7 @@ class Tag(Technique):
     """A preparer: marks the model it prepares."""
 
     name: ClassVar[str] = "tag"
+    roles: ClassVar = frozenset({CHANGES_WEIGHTS})
     label: str = "a"
 
     def prepare(self, model):
@@ -26,6 +27,7 @@ class Wrong(Technique):
     """A decoder that answers every prompt with 'x' (so its use shows as accuracy 0)."""
 
     name: ClassVar[str] = "wrong"
+    roles: ClassVar = frozenset({DECODES})
     temperature: float = 0.0
 
     def generate(self, model, prompts, *, max_new_tokens, seed):
@@ -35,15 +37,15 @@ class Wrong(Technique):
 
 @dataclasses.dataclass(frozen=True)
 class AnyOf(Technique):
-    """An evaluator that decodes through self.generate, so it accepts another technique's decoder."""
+    """An aggregator: draws k answers per problem, through the configuration's decoder if given."""
 
     name: ClassVar[str] = "any_of"
-    accepts_decoder: ClassVar[bool] = True
+    roles: ClassVar = frozenset({AGGREGATES})
     k: int = 2
     temperature: float = 1.0
 
-    def evaluate(self, model, task, examples, *, seed, repeats, batch_size):
-        gens = [self.generate(model, [e.prompt for e in examples], max_new_tokens=task.max_new_tokens, seed=seed + i)
+    def evaluate(self, model, task, examples, *, seed, repeats, batch_size, decoder=None):
+        gens = [(decoder or self).generate(model, [e.prompt for e in examples], max_new_tokens=task.max_new_tokens, seed=seed + i)
                 for i in range(self.k)]
         row = accuracy_columns(examples, [any(task.verify(e, g.texts[j]) for g in gens) for j, e in enumerate(examples)])
         return row | {"tags_seen": str(model.tags.get("tag"))}
@@ -54,9 +56,20 @@ def tiny():
     return ex.load("zoo-xs")
 
 
-def test_roles_are_read_from_the_hooks_a_technique_overrides():
-    assert roles(ex.Baseline()) == set() and roles(Tag()) == {"prepare"}
-    assert roles(Wrong()) == {"decode"} and roles(AnyOf()) == {"evaluate"}
+def test_roles_are_declared_and_checked_against_the_hooks_a_technique_overrides():
+    assert roles(ex.Baseline()) == set() and roles(Tag()) == {"changes_weights"}
+    assert roles(Wrong()) == {"decodes"} and roles(AnyOf()) == {"aggregates_samples"}
+    assert roles(ex.Speculative()) == {"decodes", "evaluates"} and roles(ex.Sampling()) == {"aggregates_samples"}
+
+    @dataclasses.dataclass(frozen=True)
+    class Silent(Technique):  # decodes, but says nothing about it
+        name: ClassVar[str] = "silent"
+
+        def generate(self, model, prompts, *, max_new_tokens, seed):
+            return super().generate(model, prompts, max_new_tokens=max_new_tokens, seed=seed)
+
+    with pytest.raises(ValueError, match="overrides generate, so declare the role 'decodes'"):
+        compose(Silent(), Tag())
 
 
 def test_order_is_canonical_so_one_configuration_has_one_key():
@@ -83,6 +96,7 @@ def test_baselines_drop_out_and_one_technique_is_itself():
     ((Tag("a"), Tag("b")), "tag appears twice"),
     ((Wrong(), dataclasses.replace(Wrong(), temperature=1.0), Tag()), "wrong appears twice"),
     ((AnyOf(), ex.Sampling(n=2)), "any_of and sampling each runs its own evaluation"),
+    ((ex.Speculative(), ex.EarlyExit()), "speculative and early_exit each decodes tokens"),
     ((ex.Sampling(n=2), Wrong()), "sampling draws at temperature 1.0 but wrong decodes at temperature 0.0"),
     ((ex.Sampling(n=2), ex.EarlyExit(threshold=0.9)), r"early_exit decodes at temperature 0.*EarlyExit\(\.\.\., temperature=1.0\)"),
     ((ex.Sampling(n=2, top_p=0.9), ex.EarlyExit(threshold=0.9, temperature=1.0)), "top_p=0.9 truncates"),

@@ -168,7 +168,7 @@ def test_sweep_files_in_toml_and_yaml_describe_the_same_sweep(tmp_path):
 def test_a_sweep_file_with_an_unknown_key_or_technique_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown key 'model'; valid: models"):
         from_spec({"model": ["zoo-xs"]})
-    with pytest.raises(ValueError, match="unknown technique 'quantise'; known: baseline"):
+    with pytest.raises(ValueError, match=r"unknown technique 'quantise'; did you mean 'quantize'\? known: baseline"):
         from_spec({"techniques": [{"name": "quantise"}]})
     (tmp_path / "s.json").write_text("{}")
     with pytest.raises(ValueError, match=r"\.toml, \.yaml"):

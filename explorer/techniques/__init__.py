@@ -1,60 +1,23 @@
-"""Techniques: one module each, one shared interface.
+"""Techniques: one module each, one shared interface (explorer/techniques/base.py).
 
-A technique is a frozen config dataclass (validated on construction, so it is
-hashable and feeds `config_hash`) with hooks that `explorer.run` calls:
+Each module declares its technique with `@technique(...)`: config, roles, knobs,
+default cost axis, detail view. Importing this package registers every built-in
+technique; a technique of one's own registers the same way, from any file:
 
-- `prepare(model) -> Model`: the variant to run (a quantized copy, say);
-- `generate(model, prompts, max_new_tokens=, seed=) -> Generation`: decode a batch;
-- `columns(model, generations) -> dict`: the technique's own measurements over
-  the list of batch generations;
-- `variant_columns(model) -> dict`: measurements of the prepared model itself,
-  added to every row whatever the task (Quantize: KL to the original, bytes);
-- `evaluate(model, task, examples, seed=, repeats=, batch_size=) -> dict`: the whole
-  evaluation of a generative task. The default (`explorer.runs.evaluate`) calls
-  `generate` per batch, verifies, and computes accuracy and costs; a technique
-  that needs another shape of evaluation (many samples per problem) overrides it.
+    from explorer.techniques import technique, Knob, Technique, DECODES
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, ClassVar
+from explorer.techniques.base import (AGGREGATES, CHANGES_WEIGHTS, DECODES, EVALUATES, ROLES, Baseline,
+                                      Declaration, Knob, Technique, declaration, declarations, roles_of,
+                                      technique, techniques)
 
-from explorer.registry import Registry
+# The built-in techniques, registered by importing them (one line each).
+from explorer.techniques import quantize  # noqa: E402,F401
+from explorer.techniques import early_exit  # noqa: E402,F401
+from explorer.techniques import sampling  # noqa: E402,F401
+from explorer.techniques import speculative  # noqa: E402,F401
+from explorer.techniques import self_speculative  # noqa: E402,F401
 
-
-class Technique:
-    name: ClassVar[str] = "baseline"
-
-    def knobs(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}  # type: ignore[arg-type]
-
-    def prepare(self, model):
-        return model
-
-    def generate(self, model, prompts: list[str], *, max_new_tokens: int, seed: int):
-        from explorer.generate import generate
-
-        return generate(model.hf, model.tokenizer, prompts, max_new_tokens=max_new_tokens)
-
-    def columns(self, model, generations: list) -> dict[str, Any]:
-        return {}
-
-    def variant_columns(self, model) -> dict[str, Any]:
-        """Measurements of the prepared model itself, for any task kind (bytes, fidelity to the original)."""
-        return {}
-
-    def evaluate(self, model, task, examples, *, seed: int, repeats: int, batch_size: int) -> dict[str, Any]:
-        from explorer.runs import evaluate
-
-        return evaluate(self, model, task, examples, seed=seed, repeats=repeats, batch_size=batch_size)
-
-
-techniques: Registry[type] = Registry("technique")
-
-
-@techniques.register("baseline")
-@dataclasses.dataclass(frozen=True)
-class Baseline(Technique):
-    """The model as loaded: full precision, greedy decoding."""
-
-    name: ClassVar[str] = "baseline"
+__all__ = ["AGGREGATES", "CHANGES_WEIGHTS", "DECODES", "EVALUATES", "ROLES", "Baseline", "Declaration", "Knob",
+           "Technique", "declaration", "declarations", "roles_of", "technique", "techniques"]

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 from explorer.generate import Generation
 from explorer.layerwise import CRITERIA, ExitingModel, ExitRule, ExitStats
-from explorer.techniques import Technique, techniques
+from explorer.techniques.base import DECODES, Knob, Technique, technique
 
 
 @dataclass
@@ -27,7 +27,15 @@ class ExitGeneration(Generation):
     exits: ExitStats | None = None  # every decoded token's exit layer, K/V fill time
 
 
-@techniques.register("early_exit")
+@technique(
+    "early_exit", roles=[DECODES], axis="flops_per_token_analytic", view="widgets.tokens:ExitMapView",
+    knobs=[Knob("criterion", "exit when", "max_prob", options=CRITERIA),
+           # Each criterion's threshold on its own scale: (low, high, default, step).
+           Knob("threshold", "threshold", 0.9, scale_by="criterion",
+                scales={"max_prob": (0.5, 1.0, 0.9, 0.01), "entropy": (0.0, 3.0, 0.5, 0.01),
+                        "agreement": (1, 7, 2, 1)})],
+    sweep=[{"threshold": [0.6, 0.9]}],
+)
 @dataclass(frozen=True)
 class EarlyExit(Technique):
     """Leave at the first layer whose prediction meets `criterion` (never before `min_layers`).

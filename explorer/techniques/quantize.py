@@ -21,14 +21,21 @@ import math
 from typing import Any, ClassVar
 
 from explorer import quant_kernels as K
-from explorer.techniques import Technique, techniques
+from explorer.techniques.base import CHANGES_WEIGHTS, Knob, Technique, technique
 
 FORMATS = ("int", "fp")
 KERNELS = ("auto", "simulated")
 INT_BITS = (2, 16)
 
 
-@techniques.register("quantize")
+@technique(
+    "quantize", roles=[CHANGES_WEIGHTS], axis="weight_bytes",
+    knobs=[Knob("bits", "bits", 8, range=(2, 16), step=1, options=(2, 3, 4, 5, 6, 8, 16), unit="bits"),
+           Knob("format", "format", "int", options=FORMATS),
+           Knob("group_size", "group size", None, unit="weights per scale",
+                options=(("per channel", None), ("32", 32), ("64", 64), ("128", 128)))],
+    sweep=[{"bits": [2, 4, 8]}],
+)
 @dataclasses.dataclass(frozen=True)
 class Quantize(Technique):
     """Weight quantization. `bits`: 2..16 for int; 3..8 and 16 for fp.

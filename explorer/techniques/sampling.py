@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from explorer import aggregate as agg
-from explorer.techniques import Technique, techniques
+from explorer.techniques.base import AGGREGATES, Knob, Technique, technique
 
 AGGREGATORS = ("pass", "majority", "best_logprob", "best_verifier")
 # Rows per generate call: throughput on CPU is flat from about 64 rows up (zoo-s, zoo-m),
@@ -134,7 +134,18 @@ def k_grid(n: int) -> list[int]:
     return [2**i for i in range(n.bit_length()) if 2**i < n] + [n]
 
 
-@techniques.register("sampling")
+@technique(
+    "sampling", roles=[AGGREGATES], axis="flops_per_problem_analytic", view="widgets.tokens:CurveView",
+    knobs=[Knob("n", "samples", 16, range=(1, 64), options=(2, 4, 8, 16, 32, 64), name="samples",
+                unit="per problem")],
+    # k <= n only re-reads the stored samples: no run (read_at_k).
+    filters=[Knob("k", "k", 16, range=(1, 64), step=1, upto="samples", unit="samples")],
+    read_at=lambda df, k: read_at_k(df, k),
+    # One sample count is enough: a Sampling row carries every k <= n, read from its stored samples.
+    sweep=[{"n": [8], "aggregator": "majority"}],
+    # It draws through a decoder at its own temperature: a stacked decoder takes it.
+    hands_down=["temperature"],
+)
 @dataclass(frozen=True)
 class Sampling(Technique):
     """Draw `n` samples per problem; report pass@k, majority@k and best-of-k for k <= n.
@@ -156,10 +167,6 @@ class Sampling(Technique):
     verifier_fnr: float = 0.1  # P(reject | right)
 
     curves: ClassVar = staticmethod(curves)
-    # Draws through another technique's decoder when composed with one (majority vote over
-    # early-exit samples): that decoder then samples, at this temperature (see check_decoder).
-    accepts_decoder: ClassVar[bool] = True
-    decoder: ClassVar[Technique | None] = None  # set on the routed copy compose makes
 
     def __post_init__(self):
         def bad(field: str, valid: str):
@@ -196,7 +203,10 @@ class Sampling(Technique):
             raise ValueError(f"compose: Sampling.top_p={self.top_p} truncates sampling's own loop only; "
                              f"{decoder.name} samples from the full distribution: use top_p=1.0")
 
-    def evaluate(self, model, task, examples, *, seed: int, repeats: int, batch_size: int) -> dict[str, Any]:
+    def evaluate(self, model, task, examples, *, seed: int, repeats: int, batch_size: int,
+                 decoder: Technique | None = None) -> dict[str, Any]:
+        """Draw `n` samples per problem, by the model's own sampling or, composed with a decoder
+        (majority vote over early-exit samples), through that decoder at this temperature."""
         from explorer import tasks as T
         from explorer.cost import flops_per_token, timed
 
@@ -205,7 +215,7 @@ class Sampling(Technique):
         # the samples must not depend on a setting that config_hash leaves out.
         per_call = max(1, ROWS_PER_CALL // self.n)
         groups = [examples[i : i + per_call] for i in range(0, len(examples), per_call)]
-        (texts, logprob, tokens, gens), wall, _ = timed(lambda: self.draw(model, task, groups, seed), repeats)
+        (texts, logprob, tokens, gens), wall, _ = timed(lambda: self.draw(model, task, groups, seed, decoder), repeats)
         answers = [[T.parse_completion(t) for t in texts[i : i + self.n]] for i in range(0, len(texts), self.n)]
         correct = np.array([[task.verify(e, t) for t in texts[i * self.n : (i + 1) * self.n]]
                             for i, e in enumerate(examples)], dtype=bool)
@@ -220,8 +230,8 @@ class Sampling(Technique):
             "tokens_generated": int(tokens.sum()), "wall_s": wall,
             "wall_s_per_token": wall / max(int(tokens.sum()), 1),
         }
-        if self.decoder is not None:  # its analytic FLOPs (layers skipped) replace the full model's
-            row |= self.decoder.columns(model, gens)
+        if decoder is not None:  # its analytic FLOPs (layers skipped) replace the full model's
+            row |= decoder.columns(model, gens)
         return self.headline(samples, seed, row) | row | {"samples": samples.records()}
 
     def headline(self, samples: Samples, seed: int, row: dict[str, Any]) -> dict[str, Any]:
@@ -243,7 +253,8 @@ class Sampling(Technique):
             out[f"flops_per_problem_at_{k}_analytic"] = flops_per_problem(row, samples, k)
         return out
 
-    def draw(self, model, task, groups, seed: int) -> tuple[list[str], np.ndarray, np.ndarray, list]:
+    def draw(self, model, task, groups, seed: int, decoder: Technique | None = None
+             ) -> tuple[list[str], np.ndarray, np.ndarray, list]:
         """All samples: texts, model log-probabilities and token counts, in problem-major order,
         and the generations they came from."""
         import torch
@@ -254,8 +265,8 @@ class Sampling(Technique):
         texts, logprob, tokens, gens = [], [], [], []
         for i, group in enumerate(groups):
             prompts = [e.prompt for e in group for _ in range(self.n)]
-            if self.decoder is not None:  # the decoder seeds its own sampler: one seed per group
-                g = self.generate(model, prompts, max_new_tokens=task.max_new_tokens, seed=seed * 7919 + i)
+            if decoder is not None:  # the decoder seeds its own sampler: one seed per group
+                g = decoder.generate(model, prompts, max_new_tokens=task.max_new_tokens, seed=seed * 7919 + i)
             else:
                 g = generate(model.hf, model.tokenizer, prompts, max_new_tokens=task.max_new_tokens,
                              temperature=self.temperature, top_p=self.top_p, generator=gen)

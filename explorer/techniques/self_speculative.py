@@ -22,7 +22,7 @@ import weakref
 from typing import ClassVar
 
 from explorer.layerwise import first_layers
-from explorer.techniques import techniques
+from explorer.techniques.base import DECODES, EVALUATES, Knob, technique
 from explorer.techniques.speculative import Speculative
 
 # One view per (model, exit layer): building it costs milliseconds, but the
@@ -30,7 +30,11 @@ from explorer.techniques.speculative import Speculative
 _VIEWS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-@techniques.register("self_speculative")
+@technique(
+    "self_speculative", roles=[DECODES, EVALUATES], axis="wall_s_per_token", view="widgets.tokens:SpecStreamView",
+    knobs=[Knob("exit_layer", "draft layers", 1, range=(1, 7), step=1, unit="layers"),
+           Knob("draft_len", "draft length", 4, range=(1, 8), step=1, unit="tokens")],
+)
 @dataclasses.dataclass(frozen=True)
 class SelfSpeculative(Speculative):
     """Draft `draft_len` tokens with the first `exit_layer` layers; verify with all of them.

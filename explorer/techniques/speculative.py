@@ -21,7 +21,7 @@ import torch
 
 from explorer.speculative import (MAX_DRAFT_LEN, SpecStats, check_knobs, check_pair, measure_costs,
                                   predicted_speedup, speculative_generate)
-from explorer.techniques import Technique, techniques
+from explorer.techniques.base import DECODES, EVALUATES, Knob, Technique, technique
 
 
 @functools.lru_cache(maxsize=4)
@@ -44,7 +44,12 @@ def stream(tokenizer, trace: list[dict]) -> list[dict]:
              "bonus": None if r["bonus"] is None else tokenizer.decode([r["bonus"]])} for r in trace]
 
 
-@techniques.register("speculative")
+@technique(
+    "speculative", roles=[DECODES, EVALUATES], axis="wall_s_per_token", view="widgets.tokens:SpecStreamView",
+    knobs=[Knob("draft", "draft", "zoo-xs", kind="model"),
+           Knob("draft_len", "draft length", 4, range=(1, 8), step=1, unit="tokens")],
+    sweep=[{"draft": "zoo-xs", "draft_len": [4]}],
+)
 @dataclasses.dataclass(frozen=True)
 class Speculative(Technique):
     """A smaller model of the same tokenizer drafts `draft_len` tokens; the target verifies them.
