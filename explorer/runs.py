@@ -9,7 +9,7 @@ import platform
 from typing import Any
 
 from explorer import tasks as T
-from explorer.cost import flops_per_token, timed
+from explorer.cost import bytes_moved_columns, flops_per_token, timed
 from explorer.models import Model, load
 from explorer.stats import bootstrap_mean, wilson
 from explorer.techniques import Baseline, Technique
@@ -70,6 +70,8 @@ def run(model: Model | str, task: T.Task | str, technique: Technique | None = No
             row |= technique.evaluate(variant, task, examples, seed=seed, repeats=repeats,
                                       batch_size=batch_size)
         row |= technique.variant_columns(variant)
+        row |= bytes_moved_columns(variant, row, examples=examples if task.kind != "likelihood" else None,
+                                   batch_size=batch_size)
     row["weight_bytes"] = variant.facts.weight_bytes
     row["device"] = f"cpu:{torch.get_num_threads()}threads"
     row |= versions()
