@@ -148,6 +148,9 @@ class Composed(Technique):
     def _one(self, role: str) -> Technique | None:
         return next((p for p in self.parts if role in roles(p)), None)
 
+    def models(self) -> list[str]:
+        return [m for p in self.parts for m in p.models()]
+
     def prepare(self, model):
         for p in self.parts:
             model = p.prepare(model)

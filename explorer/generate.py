@@ -7,9 +7,16 @@ of every sample.
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
+from typing import Sequence, Union
 
 import torch
+
+# A sampler: None (greedy), one torch.Generator for the whole batch, or one per row.
+# Evaluations pass one per row, seeded per example (`samplers`), so a sample never
+# depends on which other prompts shared its batch, nor on the batch size.
+Sampler = Union[torch.Generator, Sequence[torch.Generator], None]
 
 
 @dataclass
@@ -45,13 +52,18 @@ def generate(
     max_new_tokens: int,
     temperature: float = 0.0,
     top_p: float = 1.0,
-    generator: torch.Generator | None = None,
+    generator: Sampler = None,
 ) -> Generation:
-    """Decode up to `max_new_tokens` per prompt, stopping each row at end-of-sequence."""
-    if temperature < 0:
-        raise ValueError(f"temperature={temperature!r}; must be >= 0 (0 is greedy)")
+    """Decode up to `max_new_tokens` per prompt, stopping each row at end-of-sequence.
+
+    `generator`: one torch.Generator for the batch, or a list with one per prompt
+    (`samplers(seed, n)`), which makes each prompt's samples independent of its batch.
+    """
+    check_temperature(temperature)
     context = model.config.max_position_embeddings
     enc = encode(tokenizer, prompts, context - max_new_tokens)
+    if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != len(prompts):
+        raise ValueError(f"{len(generator)} generators for {len(prompts)} prompts; give one per prompt")
     ids, mask = enc["input_ids"], enc["attention_mask"]
     eos = tokenizer.eos_token_id
     batch = ids.shape[0]
@@ -87,6 +99,86 @@ def strip_eos(row: list[int], eos: int) -> list[int]:
     return row[: row.index(eos)] if eos in row else row
 
 
+def check_temperature(temperature) -> float:
+    """0 (greedy) or a finite positive number; anything else is refused by name."""
+    import math
+
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) \
+            or not 0 <= temperature < math.inf:
+        raise ValueError(f"temperature={temperature!r}; must be a finite number >= 0 (0 is greedy)")
+    return temperature
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """A seed is a non-negative integer (not a bool, not a float)."""
+    import numbers
+
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+        raise ValueError(f"{name}={seed!r}; give a non-negative integer such as 0")
+    return int(seed)
+
+
+def example_seed(seed: int, index: int, *salt: int) -> int:
+    """The seed of example `index` (and of its sample `salt`, if given) in a run seeded `seed`.
+
+    A hash, not `seed + index`: neighbouring runs then share no streams.
+    """
+    key = ":".join(str(int(x)) for x in (seed, index, *salt)).encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "little") >> 1
+
+
+def samplers(seeds: int | Sequence[int], rows: int | None = None) -> list[torch.Generator]:
+    """One torch.Generator per row: `seeds` is a list of per-row seeds, or a run seed with `rows`
+    rows (row i then gets `example_seed(seed, i)`)."""
+    if isinstance(seeds, int) and not isinstance(seeds, bool):
+        if rows is None:
+            raise ValueError("samplers(seed, rows): give the number of rows with a single seed")
+        seeds = [example_seed(check_seed(seeds), i) for i in range(rows)]
+    seeds = list(seeds)
+    if rows is not None and len(seeds) != rows:
+        raise ValueError(f"{len(seeds)} seeds for {rows} rows; give one seed per row")
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+def per_row(generator: Sampler, rows: torch.Tensor | None = None) -> Sampler:
+    """The sampler for a subset of the batch (`rows`, original indices), whatever its kind."""
+    if generator is None or isinstance(generator, torch.Generator) or rows is None:
+        return generator
+    return [generator[i] for i in rows.tolist()]
+
+
+def uniform(shape: tuple[int, ...], generator: Sampler, active: torch.Tensor | None = None,
+            lengths: torch.Tensor | None = None) -> torch.Tensor:
+    """Uniform [0, 1) numbers, one row per batch row. With per-row generators each row draws
+    from its own, only the rows in `active` draw, and a row draws only its first `lengths[i]`
+    numbers of a [batch, k] shape; the rest are 0.5 and must go unused. So how many numbers a
+    row takes depends on that row alone, never on the rest of its batch."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.rand(shape, generator=generator)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]} rows; give one per row")
+    out = torch.full(shape, 0.5)
+    for i, g in enumerate(generator):
+        if active is not None and not bool(active[i]):
+            continue
+        if lengths is None:
+            out[i] = torch.rand(shape[1:], generator=g)
+        elif int(lengths[i]):
+            out[i, : int(lengths[i])] = torch.rand(int(lengths[i]), generator=g)
+    return out
+
+
+def draw(probs: torch.Tensor, generator: Sampler, active: torch.Tensor | None = None) -> torch.Tensor:
+    """One index per row from the rows of `probs` (need not be normalised)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.multinomial(probs, 1, generator=generator)[:, 0]
+    # Inverse CDF with each row's own uniform: a row's draw reads its own stream only.
+    cdf = probs.double().cumsum(-1)
+    u = uniform((probs.shape[0],), generator, active).double() * cdf[:, -1]
+    idx = torch.searchsorted(cdf, u[:, None], right=True)[:, 0]
+    return idx.clamp(max=probs.shape[-1] - 1)
+
+
 def pick(logits: torch.Tensor, temperature: float, top_p: float, generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Next token and its log-probability under the (tempered, nucleus) sampling distribution."""
     logits = logits.float()
@@ -97,7 +189,7 @@ def pick(logits: torch.Tensor, temperature: float, top_p: float, generator) -> t
     lp = torch.log_softmax(logits / temperature, -1)
     if top_p < 1.0:
         lp = nucleus(lp, top_p)
-    nxt = torch.multinomial(lp.exp(), 1, generator=generator)[:, 0]
+    nxt = draw(lp.exp(), generator)
     return nxt, lp.gather(-1, nxt[:, None])[:, 0]
 
 

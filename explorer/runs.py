@@ -14,7 +14,12 @@ from explorer.models import Model, load
 from explorer.stats import bootstrap_mean, wilson
 from explorer.techniques import Baseline, Technique
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Bump when a change to the engine changes what a configuration computes (version 2: every
+# sampled example draws from its own generator, so samples no longer depend on batch size).
+# It is in every row and in its key, so a resumed sweep never keeps a row of an older engine.
+ENGINE_VERSION = 2
+DEFAULT_TASK_FORMAT = "original"  # a task without a `task_format` attribute: the format it always had
 
 
 def versions() -> dict[str, str]:
@@ -27,23 +32,63 @@ def versions() -> dict[str, str]:
             "transformers_version": transformers.__version__, "python_version": platform.python_version()}
 
 
-def config_hash(model: Model | tuple[str, str], task: str, technique: Technique, n: int, seed: int) -> str:
-    """The row's key. `model` may be a (name, revision) pair, so a sweep can key a run before loading it."""
-    name, revision = (model.name, model.facts.revision) if isinstance(model, Model) else model
-    key = {"model": name, "weights": revision, "task": task,
-           "technique": technique.name, "knobs": technique.knobs(), "n": n, "seed": seed,
-           "schema": SCHEMA_VERSION}
+def task_format(task: T.Task | str) -> str:
+    """The task's model-facing format (a task that gains a new format keys new rows)."""
+    if isinstance(task, str):
+        task = T.tasks.get(task) if task in T.tasks else None
+    return str(getattr(task, "task_format", None) or DEFAULT_TASK_FORMAT)
+
+
+def config_hash(model: Model | tuple[str, str], task: T.Task | str, technique: Technique, n: int, seed: int) -> str:
+    """The row's key: everything that changes the row's results, and nothing that only times them.
+
+    The target's name, weights fingerprint and dtype; the fingerprint of every other model the
+    technique runs (a draft); the task and its format; the technique and every knob; n; the seed;
+    the engine version. Not batch_size or repeats: samples are seeded per example, so they change
+    only the timing columns, and a row records both (see `explorer.sweep` on reusing a row
+    measured with other values). `model` may be a (name, fingerprint) pair, so a sweep can key
+    a run before loading it.
+    """
+    from explorer.fingerprint import fingerprint
+
+    if isinstance(model, Model):
+        name, revision, dtype, tags = model.name, model.facts.revision, model.facts.dtype, dict(model.tags)
+    else:
+        (name, revision), dtype, tags = model, "float32", {}
+    task_name = task if isinstance(task, str) else task.name
+    key = {"model": name, "weights": revision, "dtype": dtype, "task": task_name,
+           "task_format": task_format(task), "technique": technique.name, "knobs": technique.knobs(),
+           "n": n, "seed": seed, "schema": SCHEMA_VERSION, "engine": ENGINE_VERSION}
+    if tags:  # a model passed in already changed (a prepared variant)
+        key["model_tags"] = tags
+    others = technique.models()
+    if others:
+        key["other_models"] = {m: fingerprint(m) for m in others}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_positive(value, name: str, valid: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r}; must be {valid}")
+    return value
 
 
 def run(model: Model | str, task: T.Task | str, technique: Technique | None = None, *,
         n: int = 200, seed: int = 0, repeats: int = 3, batch_size: int = 64) -> dict[str, Any]:
-    """Evaluate `model` on `n` seeded examples of `task` under `technique`; return one row."""
+    """Evaluate `model` on `n` seeded examples of `task` under `technique`; return one row.
+
+    n: 1..`explorer.tasks.MAX_N` examples (characters of the held-out passage for the likelihood
+    task, at most its length). seed: a non-negative integer. repeats: timed repetitions (the
+    median is kept). batch_size: prompts per forward; it changes timings only, never answers.
+    """
     import torch
 
+    from explorer.generate import check_seed
+
     n = T.check_n(n)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size={batch_size!r}; must be a positive integer")
+    seed = check_seed(seed)
+    check_positive(repeats, "repeats", "a positive integer (timed repetitions)")
+    check_positive(batch_size, "batch_size", "a positive integer (prompts per forward call)")
     technique = technique if technique is not None else Baseline()
     if isinstance(technique, (list, tuple)):  # several techniques as one configuration
         from explorer.compose import compose
@@ -51,14 +96,26 @@ def run(model: Model | str, task: T.Task | str, technique: Technique | None = No
         technique = compose(*technique)
     if not isinstance(technique, Technique):
         raise TypeError(f"technique={technique!r}; expected a technique such as explorer.Baseline()")
-    task = T.get(task) if isinstance(task, str) else task
+    if isinstance(task, str):
+        task = T.get(task)
+    elif not isinstance(task, T.Task):
+        raise ValueError(f"task={task!r}; give a task name ({', '.join(T.names())}) or an explorer.tasks.Task")
     if task.kind == "likelihood":
         check_scores_only(technique, task)
+        size = len(task.text())
+        if n > size:
+            raise ValueError(f"n={n} for task {task.name!r}: n counts characters of its held-out passage, "
+                             f"which has {size:,}; give n <= {size}")
     model = load(model) if isinstance(model, str) else model
+    if not isinstance(model, Model):
+        raise ValueError(f"model={model!r}; give a model name (zoo name, folder, Hugging Face id) or "
+                         "an explorer.load(...) result")
+    key = config_hash(model, task, technique, n, seed)  # before running: the drafts' weights as they are now
     variant = technique.prepare(model)
     row: dict[str, Any] = {
         "model": model.name, "model_params": model.facts.params, "model_layers": model.facts.layers,
-        "model_width": model.facts.width, "task": task.name, "technique": technique.name,
+        "model_width": model.facts.width, "model_revision": model.facts.revision, "task": task.name,
+        "task_format": task_format(task), "technique": technique.name,
         **{f"knob_{k}": v for k, v in technique.knobs().items()},
         "n_examples": n, "seed": seed,
     }
@@ -74,9 +131,12 @@ def run(model: Model | str, task: T.Task | str, technique: Technique | None = No
                                    batch_size=batch_size)
     row["weight_bytes"] = variant.facts.weight_bytes
     row["device"] = f"cpu:{torch.get_num_threads()}threads"
+    # How the timing columns were measured: a row reused for another request says so (explorer.sweep).
+    row["batch_size"], row["repeats"] = batch_size, repeats
+    row["engine_version"] = ENGINE_VERSION
     row |= versions()
     row["created_at"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    row["config_hash"] = config_hash(model, task.name, technique, n, seed)
+    row["config_hash"] = key
     return row
 
 
@@ -94,12 +154,15 @@ def check_scores_only(technique: Technique, task: T.Task) -> None:
 def evaluate(technique: Technique, model: Model, task: T.Task, examples: list[T.Example], *,
              seed: int, repeats: int, batch_size: int) -> dict[str, Any]:
     """The one evaluation loop: decode in batches, verify, count, time."""
+    from explorer.generate import example_seed
+
     n = len(examples)
     chunks = [examples[i : i + batch_size] for i in range(0, n, batch_size)]
 
-    def decode_all():
+    def decode_all():  # each prompt seeded by its index in the run, not its place in a batch
         return [technique.generate(model, [e.prompt for e in c], max_new_tokens=task.max_new_tokens,
-                                   seed=seed) for c in chunks]
+                                   seed=[example_seed(seed, i * batch_size + j) for j in range(len(c))])
+                for i, c in enumerate(chunks)]
 
     gens, wall, _ = timed(decode_all, repeats)
     texts = [t for g in gens for t in g.texts]
@@ -162,6 +225,7 @@ def likelihood(model: Model, text: str, n: int, repeats: int, window: int = 64) 
     (bits, per_chunk), wall, _ = timed(score, repeats)
     lo, hi = bootstrap_mean(per_chunk)
     return {"bits_per_char": sum(bits) / len(text), "bits_per_char_lo": lo, "bits_per_char_hi": hi,
-            "interval": "bootstrap95", "tokens_scored": len(ids),
+            "interval": "bootstrap95", "chars_scored": len(text), "tokens_scored": len(ids),
+            "windows_scored": len(chunks),
             "flops_per_token_analytic": flops_per_token(model.hf.config, window / 2),
             "tokens_generated": 0, "wall_s": wall}

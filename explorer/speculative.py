@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, fields
 
 import torch
 
-from explorer.generate import Generation, positions, strip_eos
+from explorer.generate import Generation, draw, per_row, positions, strip_eos, uniform
 
 # Beyond 32 proposals a round gains nothing: even at acceptance 0.9 the chance
 # that all 32 survive is 3%, while the draft pays for every one of them.
@@ -189,8 +189,8 @@ def predicted_speedup(alpha: float, draft_len: int, cost_ratio: float) -> float:
 def check_knobs(draft_len, temperature, max_new_tokens, adaptive) -> None:
     if isinstance(draft_len, bool) or not isinstance(draft_len, int) or not 1 <= draft_len <= MAX_DRAFT_LEN:
         raise ValueError(f"draft_len={draft_len!r}; valid range is 1..{MAX_DRAFT_LEN} (proposals per round)")
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not temperature >= 0:
-        raise ValueError(f"temperature={temperature!r}; must be a number >= 0 (0 is greedy)")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < float("inf"):
+        raise ValueError(f"temperature={temperature!r}; must be a finite number >= 0 (0 is greedy)")
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens!r}; must be a positive integer")
     if adaptive is not None and (isinstance(adaptive, bool) or not isinstance(adaptive, (int, float))
@@ -256,7 +256,7 @@ def eos_of(target) -> int:
 
 @torch.inference_mode()
 def speculative_generate(target, draft, input_ids, *, draft_len: int, temperature: float,
-                         max_new_tokens: int, generator: torch.Generator | None = None,
+                         max_new_tokens: int, generator=None,
                          adaptive: float | None = None, attention_mask=None,
                          trace: list | None = None) -> Speculation:
     """Decode with `draft` proposing and `target` verifying; the output is the target's.
@@ -266,6 +266,8 @@ def speculative_generate(target, draft, input_ids, *, draft_len: int, temperatur
     probability that all its proposals this round survive (the product of its
     probabilities for them) falls below tau; `draft_len` still caps the round.
     Returns the tokens (as `explorer.generate.generate` does) and `stats`.
+    `generator`: a torch.Generator, or one per prompt (`explorer.generate.samplers`), so a
+    prompt's samples do not depend on its batch.
     `trace`: a list to append one record per row per target call, `{"row", "accepted",
     "rejected", "bonus"}` (token ids; `bonus` is the target's own token, or None when the
     round ended on an accepted end-of-sequence): the token stream a learner can watch.
@@ -294,13 +296,15 @@ def speculative_generate(target, draft, input_ids, *, draft_len: int, temperatur
         live = rows.numel()
         left = torch.tensor([max_new_tokens - len(out[r]) for r in rows.tolist()])
         cap = (left - 1).clamp(max=draft_len)  # never propose past max_new_tokens
-        drafts, qs, lens = propose(drf, d_next, d_valid, cap, temperature, adaptive, eos, generator, stats)
+        # per_row: with one generator per prompt, each live row keeps drawing from its own.
+        drafts, qs, lens = propose(drf, d_next, d_valid, cap, temperature, adaptive, eos, per_row(generator, rows),
+                                   stats)
         g = drafts.shape[1]
         if stats.steps == 0 and g:  # the prompt's positions are not decoding work (as for the target)
             stats.draft_positions -= live * (ids.shape[1] - 1)
         logits = tgt.extend(torch.cat([t_next, drafts], 1),
                             torch.cat([t_valid, torch.ones(live, g, dtype=torch.bool)], 1))[:, -g - 1:]
-        n, nxt = verify(logits, drafts, qs, lens, temperature, generator)
+        n, nxt = verify(logits, drafts, qs, lens, temperature, per_row(generator, rows))
         stats.steps += 1
         stats.target_calls += live
         stats.target_positions += live * (g + 1)
@@ -355,7 +359,7 @@ def propose(drf: Decoder, x, valid, cap, temperature, adaptive, eos, generator, 
         stats.draft_positions += b * x.shape[1]
         if needs_q:
             q = torch.softmax(logits / (temperature or 1.0), -1)
-            d = torch.multinomial(q, 1, generator=generator)[:, 0] if temperature else logits.argmax(-1)
+            d = draw(q, generator, going) if temperature else logits.argmax(-1)
             qs.append(q)
             sure = sure * q.gather(-1, d[:, None])[:, 0]
         else:
@@ -383,7 +387,7 @@ def verify(logits, drafts, qs, lens, temperature, generator) -> tuple[torch.Tens
     q = torch.stack(qs, 1) if qs else p[:, :0]
     pd = p[:, :g].gather(-1, drafts[..., None])[..., 0]
     qd = q.gather(-1, drafts[..., None])[..., 0]
-    u = torch.rand(b, g, generator=generator)
+    u = uniform((b, g), generator, lengths=lens)
     n = ((u * qd < pd) & offered).long().cumprod(1).sum(1)  # accept with probability min(1, p/q)
     at = torch.arange(b)
     pn = p[at, n]
@@ -392,7 +396,7 @@ def verify(logits, drafts, qs, lens, temperature, generator) -> tuple[torch.Tens
     resid = (pn - qn).clamp(min=0)
     # A row that stopped proposing early (all accepted) draws its bonus from p, not the residual.
     resid = torch.where(rejected[:, None] & (resid.sum(-1, keepdim=True) > 0), resid, pn)
-    return n, torch.multinomial(resid / resid.sum(-1, keepdim=True), 1, generator=generator)[:, 0]
+    return n, draw(resid / resid.sum(-1, keepdim=True), generator)
 
 
 def record(stats: SpecStats, n: torch.Tensor, lens: torch.Tensor) -> None:

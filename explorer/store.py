@@ -47,13 +47,26 @@ class Store:
     is its own file and lands by an atomic rename.
     """
 
-    def __init__(self, path: str | os.PathLike | None = None):
-        if path is not None and not isinstance(path, (str, os.PathLike)):
+    def __init__(self, path: str | os.PathLike | None = None, *, create: bool = True):
+        """`create=False` (what read-only commands use) refuses a folder that does not exist
+        instead of making it, so a mistyped path is reported, not silently created."""
+        if path is not None and not isinstance(path, (str, os.PathLike)) or isinstance(path, bool):
             raise ValueError(f"Store path={path!r}; give a folder path (str or pathlib.Path) or None for the default")
+        if path is not None and not str(path).strip():
+            raise ValueError("Store path=''; give a folder path, or None for the default folder")
         self.path = (Path(path).expanduser() if path is not None else default_path()).resolve()
         if self.path.exists() and not self.path.is_dir():
             raise ValueError(f"Store path={str(self.path)!r} is a file; give a folder")
-        self.path.mkdir(parents=True, exist_ok=True)
+        if not self.path.exists():
+            if not create:
+                raise FileNotFoundError(f"no results store at {str(self.path)!r}; check --store (or "
+                                        f"${ENV}), or fill one with `explorer sweep`")
+            try:
+                self.path.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise PermissionError(f"cannot create the results store folder {str(self.path)!r} "
+                                      f"({err.strerror or err}); give a folder you can write to") from None
+        self.removed_tmp = remove_stale_tmp(self.path)
         # file name -> ((mtime_ns, size), frame or None when unreadable); lets frame() re-read only new files
         self._cache: dict[str, tuple[tuple[int, int], pl.DataFrame | None]] = {}
         self._lock = threading.Lock()
@@ -96,21 +109,41 @@ class Store:
         """Whether a readable row with this hash is in the store (a corrupt file does not count)."""
         return config_hash in self.hashes()
 
+    def read_only(self) -> bool:
+        """Whether a row could not be written here (tried with a probe file: permissions,
+        read-only mounts and root alike)."""
+        probe = self.path / f".probe.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+        try:
+            probe.touch(exist_ok=False)
+        except OSError:
+            return True
+        probe.unlink(missing_ok=True)
+        return False
+
+    def check_writable(self) -> None:
+        """Raise PermissionError, naming the folder and the fix, if rows cannot be written here."""
+        if self.read_only():
+            raise PermissionError(f"results store {str(self.path)!r} is not writable; give a folder you can "
+                                  f"write to (--store, store=, or ${ENV})")
+
     def hashes(self) -> set[str]:
         """Config hashes of every readable row."""
         return {h for f in self._frames() for h in f[KEY].to_list()}
 
     def frame(self) -> pl.DataFrame:
         """Every row as one polars frame; techniques with different knobs share it (missing cells are null)."""
-        frames = self._frames()
-        if not frames:
+        files = self._files()
+        if not files:
             return pl.DataFrame(schema={KEY: pl.String})
-        df = concat(frames)
+        df = concat([f for _, f in files], names=[n for n, _ in files], folder=self.path)
         if "created_at" in df.columns:  # a hash in two files (a copied batch): keep the newer row
             df = df.sort("created_at", nulls_last=False, maintain_order=True)
         return df.unique(subset=KEY, keep="last", maintain_order=True)
 
     def _frames(self) -> list[pl.DataFrame]:
+        return [f for _, f in self._files()]
+
+    def _files(self) -> list[tuple[str, pl.DataFrame]]:
         with self._lock:
             seen: dict[str, tuple[tuple[int, int], pl.DataFrame | None]] = {}
             for entry in sorted(os.scandir(self.path), key=lambda e: e.name):
@@ -124,7 +157,7 @@ class Store:
                 cached = self._cache.get(entry.name)
                 seen[entry.name] = cached if cached and cached[0] == sig else (sig, read_row_file(Path(entry.path)))
             self._cache = seen
-            return [f for _, f in seen.values() if f is not None]
+            return [(name, f) for name, (_, f) in seen.items() if f is not None]
 
 
 def read_row_file(file: Path) -> pl.DataFrame | None:
@@ -173,17 +206,99 @@ def to_frame(row: Mapping[str, Any]) -> pl.DataFrame:
     return pl.DataFrame([{k: plain(v) for k, v in row.items()}])
 
 
-def concat(frames: list[pl.DataFrame]) -> pl.DataFrame:
-    """Diagonal concat: rows from techniques with different knobs get nulls where a column is not theirs."""
+def kind(dtype) -> str:
+    """Types that concatenate into one column: numbers (and booleans) together, text, nested, ..."""
+    if dtype == pl.Null:
+        return "null"
+    if dtype.is_numeric() or dtype == pl.Boolean:
+        return "number"
+    if dtype in (pl.String, pl.Categorical):
+        return "text"
+    return str(dtype.base_type())
+
+
+def concat(frames: list[pl.DataFrame], names: list[str] | None = None, folder: Path | None = None) -> pl.DataFrame:
+    """Diagonal concat: rows from techniques with different knobs get nulls where a column is not theirs.
+
+    A file whose column has another kind of type than that column has in most files (an
+    `accuracy` written as text) is skipped with a warning naming the file, the column and
+    both types, rather than turning the column into text for every row.
+    """
     try:
         return pl.concat(frames, how="diagonal_relaxed")
     except (pl.exceptions.SchemaError, pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError):
-        # A column that is a number in one file and text in another (a knob whose type changed):
-        # keep every row by reading that column as text everywhere.
-        dtypes: dict[str, set] = {}
-        for f in frames:
-            for name, dtype in f.schema.items():
-                dtypes.setdefault(name, set()).add(dtype)
-        clash = {n for n, ds in dtypes.items() if len(ds - {pl.Null}) > 1}
-        frames = [f.with_columns([pl.col(c).cast(pl.String) for c in clash if c in f.columns]) for f in frames]
-        return pl.concat(frames, how="diagonal_relaxed")
+        pass
+    names = names or [f"frame {i}" for i in range(len(frames))]
+    votes: dict[str, dict[str, int]] = {}
+    for f in frames:
+        for col, dtype in f.schema.items():
+            k = kind(dtype)
+            if k != "null":
+                votes.setdefault(col, {}).setdefault(k, 0)
+                votes[col][k] += 1
+    usual = {col: max(v, key=v.get) for col, v in votes.items() if len(v) > 1}
+    keep = []
+    for name, f in zip(names, frames):
+        odd = [(c, f.schema[c]) for c in usual if c in f.columns and kind(f.schema[c]) not in ("null", usual[c])]
+        if odd:
+            where = folder / name if folder is not None else name
+            what = "; ".join(f"column {c!r} is {d} where the other rows have {usual[c]}" for c, d in odd)
+            warnings.warn(f"results store: skipping {where}: {what} (move or delete that file)", stacklevel=4)
+        else:
+            keep.append(f)
+    if not keep:
+        return pl.DataFrame(schema={KEY: pl.String})
+    try:
+        return pl.concat(keep, how="diagonal_relaxed")
+    except (pl.exceptions.SchemaError, pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError):
+        # A tie between kinds, or nested types that differ inside: keep every row by reading those
+        # columns as text everywhere.
+        clash = set(usual) | {c for f in keep for c, d in f.schema.items() if isinstance(d, (pl.List, pl.Struct))}
+        return pl.concat([f.with_columns([pl.col(c).cast(pl.String) for c in clash if c in f.columns
+                                          and not isinstance(f.schema[c], (pl.List, pl.Struct))]) for f in keep],
+                         how="diagonal_relaxed")
+
+
+# A temporary file is `.<key>.<pid>.<random>.tmp`; one whose writer is gone was left by a kill.
+STALE_TMP_S = 3600
+
+
+def remove_stale_tmp(folder: Path) -> list[str]:
+    """Remove the temporary files of writers that are gone (a kill mid-write leaves them);
+    a live writer's file on this machine, or any one younger than an hour, is left alone."""
+    import time
+
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not (entry.name.startswith(".") and entry.name.endswith(".tmp")) or not entry.is_file():
+            continue
+        parts = entry.name.split(".")
+        try:
+            pid = int(parts[-3])
+        except (ValueError, IndexError):
+            continue
+        try:
+            age = time.time() - entry.stat().st_mtime
+        except OSError:
+            continue
+        if pid != os.getpid() and (age > STALE_TMP_S or not alive(pid)):
+            try:
+                os.unlink(entry.path)
+                removed.append(entry.name)
+            except OSError:
+                pass  # another process removed it, or the folder is read-only
+    return removed
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True

@@ -72,29 +72,11 @@ def flatten_techniques(techniques: Technique | Iterable | None) -> list[Techniqu
     return list(dict.fromkeys(out))
 
 
-_identities: dict[tuple, tuple[str, str]] = {}
-
-
 def model_identity(name: str) -> tuple[str, str]:
-    """(name, weights revision) exactly as `explorer.load(name).facts` would report, without loading weights."""
-    from explorer.models import ModelNotFound, resolve, revision_of
+    """(name, weights fingerprint) exactly as `explorer.load(name).facts` would report, without loading weights."""
+    from explorer.fingerprint import identity
 
-    if not isinstance(name, str) or not name.strip():
-        raise ModelNotFound(f"model {name!r}; give a zoo name, a folder or a Hugging Face id")
-    where, source = resolve(name)
-    weights = Path(where) / "model.safetensors"
-    stamp = (where, weights.stat().st_mtime_ns, weights.stat().st_size) if weights.exists() else (where,)
-    if stamp not in _identities:
-        if weights.exists():
-            revision = revision_of(where, None)
-        else:  # a Hub id (or a sharded folder): the commit hash is in the config, no weights needed
-            from types import SimpleNamespace
-
-            from transformers import AutoConfig
-
-            revision = revision_of(where, SimpleNamespace(config=AutoConfig.from_pretrained(where)))
-        _identities[stamp] = (name, revision)
-    return _identities[stamp]
+    return identity(name)
 
 
 def applies(technique: Technique, task: T.Task) -> bool:
@@ -114,9 +96,19 @@ def plan(models: Sequence[str] | str, tasks: Sequence[str] | str, techniques=Non
     tasks = [tasks] if isinstance(tasks, (str, T.Task)) else list(tasks)
     if not models or not tasks:
         raise ValueError(f"sweep needs at least one model and one task; got models={models!r}, tasks={tasks!r}")
+    from explorer.generate import check_seed
+    from explorer.runs import check_positive
+
     n = T.check_n(n)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed={seed!r}; give an integer")
+    seed = check_seed(seed)
+    check_positive(repeats, "repeats", "a positive integer (timed repetitions)")
+    check_positive(batch_size, "batch_size", "a positive integer (prompts per forward call)")
+    for m in models:
+        if not isinstance(m, str):
+            raise ValueError(f"models: {m!r} is not a model name; give zoo names, folders or Hugging Face ids")
+    for t in tasks:
+        if not isinstance(t, (str, T.Task)):
+            raise ValueError(f"tasks: {t!r} is not a task name; valid: {', '.join(T.names())}")
     task_objs = [T.get(t.name if isinstance(t, T.Task) else t) for t in tasks]
     techs = flatten_techniques(techniques)
     jobs = []
@@ -124,7 +116,7 @@ def plan(models: Sequence[str] | str, tasks: Sequence[str] | str, techniques=Non
         ident = model_identity(model)
         for task, tech in itertools.product(task_objs, techs):
             if applies(tech, task):
-                jobs.append(Job(model, task.name, tech, n, seed, config_hash(ident, task.name, tech, n, seed),
+                jobs.append(Job(model, task.name, tech, n, seed, config_hash(ident, task, tech, n, seed),
                                 repeats, batch_size))
     return list({j.config_hash: j for j in jobs}.values())
 
@@ -132,19 +124,42 @@ def plan(models: Sequence[str] | str, tasks: Sequence[str] | str, techniques=Non
 def sweep(models: Sequence[str] | str, tasks: Sequence[str] | str, techniques=None, *,
           store: Store | str | None = None, executor: str = "local", address: str | None = None,
           workers: int | None = None, n: int = 200, seed: int = 0, repeats: int = 1, batch_size: int = 64,
-          progress: bool = True) -> pl.DataFrame:
+          progress: bool = True, remeasure: bool = False) -> pl.DataFrame:
     """Run every configuration of models x tasks x techniques that `store` lacks; return all their rows.
 
     `executor="local"` runs here; `executor="ray"` runs on Ray workers (`address=`
     an existing cluster, or None for a local one with `workers` processes).
     Same seed, same rows, whichever executor ran them.
+
+    A stored row is reused when its key matches (same weights of every model, task, knobs,
+    n, seed, engine). Its timing columns come from the measurement that made it: a row
+    measured with another `batch_size` or `repeats` than asked is reported (a warning naming
+    how many and with what), and run again with `remeasure=True`. A sweep whose every
+    configuration is refused raises ValueError.
     """
     from tqdm.auto import tqdm
 
+    if not isinstance(remeasure, bool):
+        raise ValueError(f"remeasure={remeasure!r}; give True or False")
     store = store if isinstance(store, Store) else Store(store)
     jobs = plan(models, tasks, techniques, n=n, seed=seed, repeats=repeats, batch_size=batch_size)
     run_with = get_executor(executor, address=address, workers=workers)
     have = store.hashes()
+    other = measured_otherwise(store, [j for j in jobs if j.config_hash in have], repeats, batch_size)
+    if other and remeasure:
+        have -= set(other)
+    elif other:
+        seen = ", ".join(sorted(set(other.values())))
+        warnings.warn(f"sweep: {len(other)} stored row(s) of this sweep were measured with {seen}, not "
+                      f"batch_size={batch_size}, repeats={repeats}: their results are this configuration's, "
+                      "but their timing columns (wall_s, speed-ups) come from that measurement. Pass "
+                      "remeasure=True (explorer sweep --remeasure) to time them again", stacklevel=2)
+    if store.read_only():
+        todo_count = sum(j.config_hash not in have for j in jobs)
+        if todo_count:
+            raise PermissionError(f"results store {str(store.path)!r} is not writable, and {todo_count} "
+                                  "configuration(s) would run and be lost; give a writable folder with "
+                                  "store= (or --store, or $EXPLORER_STORE)")
     todo = [j for j in jobs if j.config_hash not in have]
     if executor != "local":  # longest first balances the workers; local keeps model order (one load each)
         todo.sort(key=lambda j: -weight_size(j.model))
@@ -168,10 +183,25 @@ def sweep(models: Sequence[str] | str, tasks: Sequence[str] | str, techniques=No
         for f in failed:
             groups.setdefault((f.job.model, repr(f.job.technique), f.error), []).append(f.job.task)
         lines = "\n".join(f"  {m} {t} on {', '.join(ts)}: {e}" for (m, t, e), ts in groups.items())
-        warnings.warn(f"sweep: {len(failed)} of {len(jobs)} configurations were refused and not stored:\n{lines}",
-                      stacklevel=2)
+        message = f"sweep: {len(failed)} of {len(jobs)} configurations were refused and not stored:\n{lines}"
+        if len(failed) == len(jobs):
+            raise ValueError(message.replace("sweep: ", "sweep: all ", 1))
+        warnings.warn(message, stacklevel=2)
     wanted = {j.config_hash for j in jobs}
     return store.frame().filter(pl.col(KEY).is_in(list(wanted)))
+
+
+def measured_otherwise(store: Store, jobs: Sequence[Job], repeats: int, batch_size: int) -> dict[str, str]:
+    """config_hash -> "batch_size=b, repeats=r" for stored rows of `jobs` measured otherwise."""
+    if not jobs:
+        return {}
+    df = store.frame().filter(pl.col(KEY).is_in([j.config_hash for j in jobs]))
+    out = {}
+    for row in df.select([c for c in (KEY, "batch_size", "repeats") if c in df.columns]).to_dicts():
+        b, r = row.get("batch_size"), row.get("repeats")
+        if b != batch_size or r != repeats:
+            out[row[KEY]] = f"batch_size={b if b is not None else 'unknown'}, repeats={r if r is not None else 'unknown'}"
+    return out
 
 
 def weight_size(model: str) -> int:

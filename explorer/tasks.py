@@ -65,9 +65,14 @@ class Task:
         return heldout_text()
 
 
+# The most examples one run may ask for: a million-example run would hold every prompt
+# and answer in memory for hours on a laptop. Sweep several seeds for more.
+MAX_N = 100_000
+
+
 def check_n(n: object) -> int:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-        raise ValueError(f"n={n!r}; n must be a positive integer (the number of examples)")
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_N:
+        raise ValueError(f"n={n!r}; n must be an integer from 1 to {MAX_N:,} (the number of examples)")
     return n
 
 

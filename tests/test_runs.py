@@ -5,7 +5,7 @@ import pytest
 import explorer as ex
 from explorer import tasks as T
 
-TIMING = {"wall_s", "wall_s_per_token", "created_at", "device"}
+TIMING = {"wall_s", "wall_s_per_token", "created_at", "device", "repeats", "batch_size"}  # how it was timed
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,10 @@ A technique is a frozen config dataclass (validated on construction, so it is
 hashable and feeds `config_hash`) with hooks that `explorer.run` calls:
 
 - `prepare(model) -> Model`: the variant to run (a quantized copy, say);
-- `generate(model, prompts, max_new_tokens=, seed=) -> Generation`: decode a batch;
+- `models() -> list[str]`: other models it runs (a draft), whose weights key the row too;
+- `generate(model, prompts, max_new_tokens=, seed=) -> Generation`: decode a batch; `seed` is
+  one seed per prompt (`explorer.generate.example_seed`), or a run seed that row i
+  turns into `example_seed(seed, i)`: a prompt's samples never depend on its batch;
 - `columns(model, generations) -> dict`: the technique's own measurements over
   the list of batch generations;
 - `variant_columns(model) -> dict`: measurements of the prepared model itself,
@@ -59,6 +62,11 @@ class Technique:
 
     def prepare(self, model):
         return model
+
+    def models(self) -> list[str]:
+        """Models this configuration runs besides the target (a draft), by name: the fingerprint of
+        their weights goes into the row's key, so changed weights never reuse an old row."""
+        return []
 
     def generate(self, model, prompts: list[str], *, max_new_tokens: int, seed: int):
         from explorer.generate import generate

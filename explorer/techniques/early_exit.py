@@ -86,12 +86,10 @@ class EarlyExit(Technique):
         return model
 
     def generate(self, model, prompts: list[str], *, max_new_tokens: int, seed: int):
-        import torch
-
-        from explorer.generate import generate
+        from explorer.generate import generate, samplers
 
         runner = self.runner(model)
-        generator = torch.Generator().manual_seed(seed) if self.temperature > 0 else None
+        generator = samplers(seed, len(prompts)) if self.temperature > 0 else None  # one per prompt
         gen = generate(runner, model.tokenizer, prompts, max_new_tokens=max_new_tokens,
                        temperature=float(self.temperature), generator=generator)
         return ExitGeneration(**vars(gen), exits=runner.stats)

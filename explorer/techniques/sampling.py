@@ -174,8 +174,9 @@ class Sampling(Technique):
 
         if isinstance(self.n, bool) or not isinstance(self.n, int) or not 1 <= self.n <= agg.MAX_SAMPLES:
             bad("n", f"an integer 1..{agg.MAX_SAMPLES} (samples per problem)")
-        if not isinstance(self.temperature, (int, float)) or not self.temperature >= 0:
-            bad("temperature", ">= 0 (0 is greedy)")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
+                or not 0 <= self.temperature < float("inf"):
+            bad("temperature", "a finite number >= 0 (0 is greedy)")
         if not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
             bad("top_p", "in (0, 1]")
         if self.aggregator not in AGGREGATORS:
@@ -210,9 +211,9 @@ class Sampling(Technique):
         from explorer import tasks as T
         from explorer.cost import flops_per_token, timed
 
-        # One generate call per group of whole problems, each prompt repeated n times. The
-        # group size is fixed, not run's batch_size: grouping orders the random stream, and
-        # the samples must not depend on a setting that config_hash leaves out.
+        # One generate call per group of whole problems, each prompt repeated n times. Every
+        # sample draws from its own generator, seeded from (seed, problem, sample), so the
+        # samples depend neither on the group size nor on run's batch_size.
         per_call = max(1, ROWS_PER_CALL // self.n)
         groups = [examples[i : i + per_call] for i in range(0, len(examples), per_call)]
         (texts, logprob, tokens, gens), wall, _ = timed(lambda: self.draw(model, task, groups, seed, decoder), repeats)
@@ -257,19 +258,19 @@ class Sampling(Technique):
              ) -> tuple[list[str], np.ndarray, np.ndarray, list]:
         """All samples: texts, model log-probabilities and token counts, in problem-major order,
         and the generations they came from."""
-        import torch
+        from explorer.generate import example_seed, generate, samplers
 
-        from explorer.generate import generate
-
-        gen = torch.Generator().manual_seed(seed)
         texts, logprob, tokens, gens = [], [], [], []
-        for i, group in enumerate(groups):
+        first = 0  # index of the group's first problem in the run
+        for group in groups:
             prompts = [e.prompt for e in group for _ in range(self.n)]
-            if decoder is not None:  # the decoder seeds its own sampler: one seed per group
-                g = decoder.generate(model, prompts, max_new_tokens=task.max_new_tokens, seed=seed * 7919 + i)
+            seeds = [example_seed(seed, first + p, j) for p in range(len(group)) for j in range(self.n)]
+            first += len(group)
+            if decoder is not None:  # the decoder seeds its own sampler, one seed per sample
+                g = decoder.generate(model, prompts, max_new_tokens=task.max_new_tokens, seed=seeds)
             else:
                 g = generate(model.hf, model.tokenizer, prompts, max_new_tokens=task.max_new_tokens,
-                             temperature=self.temperature, top_p=self.top_p, generator=gen)
+                             temperature=self.temperature, top_p=self.top_p, generator=samplers(seeds))
             gens.append(g)
             texts += g.texts
             # A row that stopped early also decoded its end-of-sequence token.

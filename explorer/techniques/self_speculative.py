@@ -53,6 +53,9 @@ class SelfSpeculative(Speculative):
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"SelfSpeculative.exit_layer={k!r}; valid: an integer from 1 to the model's depth - 1")
 
+    def models(self) -> list[str]:
+        return []  # the draft is the target's own layers: the target's fingerprint covers it
+
     def draft_model(self, target=None):
         """The target's first `exit_layer` layers as an explorer Model (sharing the target's weights)."""
         from explorer.models import Model, facts_of

@@ -24,8 +24,15 @@ from explorer.speculative import (MAX_DRAFT_LEN, SpecStats, check_knobs, check_p
 from explorer.techniques.base import DECODES, EVALUATES, Knob, Technique, technique
 
 
-@functools.lru_cache(maxsize=4)
 def load_draft(name: str):
+    """The draft model, loaded once per version of its weights (a retrained draft is loaded again)."""
+    from explorer.fingerprint import stamp
+
+    return _load_draft(name, stamp(name))
+
+
+@functools.lru_cache(maxsize=4)
+def _load_draft(name: str, stamp: tuple):
     from explorer.models import load
 
     return load(name)
@@ -75,6 +82,9 @@ class Speculative(Technique):
         except ValueError as err:
             raise ValueError(f"Speculative.{err}") from None
 
+    def models(self) -> list[str]:
+        return [self.draft]
+
     def draft_model(self, target=None):  # target: for a draft made from it (SelfSpeculative)
         return load_draft(self.draft)
 
@@ -87,8 +97,11 @@ class Speculative(Technique):
         facts = dataclasses.replace(model.facts, weight_bytes=model.facts.weight_bytes + draft.facts.weight_bytes)
         return Model(model.hf, model.tokenizer, facts, {**model.tags, "speculative_draft": self.draft})
 
-    def sampler(self, seed: int) -> torch.Generator | None:
-        return torch.Generator().manual_seed(seed) if self.temperature > 0 else None
+    def sampler(self, seed, rows: int):
+        """One generator per prompt (seeded per example), or None when greedy."""
+        from explorer.generate import samplers
+
+        return samplers(seed, rows) if self.temperature > 0 else None
 
     def generate(self, model, prompts: list[str], *, max_new_tokens: int, seed: int):
         from explorer.generate import encode
@@ -97,7 +110,7 @@ class Speculative(Technique):
         trace: list[dict] = []
         out = speculative_generate(model, self.draft_model(model), enc, draft_len=self.draft_len,
                                    temperature=self.temperature, max_new_tokens=max_new_tokens,
-                                   generator=self.sampler(seed), adaptive=self.adaptive, trace=trace)
+                                   generator=self.sampler(seed, len(prompts)), adaptive=self.adaptive, trace=trace)
         out.trace = [r for r in trace if r["row"] == 0]  # the first prompt's stream: enough to watch, small to store
         return out
 
@@ -105,7 +118,7 @@ class Speculative(Technique):
         from explorer.generate import generate
 
         return generate(model.hf, model.tokenizer, prompts, max_new_tokens=max_new_tokens,
-                        temperature=self.temperature, generator=self.sampler(seed))
+                        temperature=self.temperature, generator=self.sampler(seed, len(prompts)))
 
     def columns(self, model, generations: list) -> dict[str, Any]:
         stats = SpecStats.total([g.stats for g in generations])
@@ -115,13 +128,16 @@ class Speculative(Technique):
     def evaluate(self, model, task, examples, *, seed: int, repeats: int, batch_size: int) -> dict[str, Any]:
         """The shared evaluation, with the target alone timed between its repeats."""
         from explorer.cost import flops_per_token, timed
+        from explorer.generate import example_seed
         from explorer.runs import accuracy_columns, evaluate
 
         prompts = [e.prompt for e in examples]
         chunks = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
 
-        def alone():
-            return [self.target_alone(model, c, max_new_tokens=task.max_new_tokens, seed=seed) for c in chunks]
+        def alone():  # seeded per example, as the shared evaluation is
+            return [self.target_alone(model, c, max_new_tokens=task.max_new_tokens,
+                                      seed=[example_seed(seed, i * batch_size + j) for j in range(len(c))])
+                    for i, c in enumerate(chunks)]
 
         rows, walls_alone = [], []
         for _ in range(repeats):  # interleaved, so drift in machine load hits both sides alike
