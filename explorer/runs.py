@@ -45,7 +45,8 @@ def config_hash(model: Model | tuple[str, str], task: T.Task | str, technique: T
     The target's name, weights fingerprint and dtype; the fingerprint of every other model the
     technique runs (a draft); the task and its format; the technique and every knob; n; the seed;
     the engine version. Not batch_size or repeats: samples are seeded per example, so they change
-    only the timing columns, and a row records both (see `explorer.sweep` on reusing a row
+    only how the row was measured (timings, and costs of a batch such as bytes moved per
+    token), never its answers; a row records both (see `explorer.sweep` on reusing a row
     measured with other values). `model` may be a (name, fingerprint) pair, so a sweep can key
     a run before loading it.
     """

@@ -152,7 +152,7 @@ def sweep(models: Sequence[str] | str, tasks: Sequence[str] | str, techniques=No
         seen = ", ".join(sorted(set(other.values())))
         warnings.warn(f"sweep: {len(other)} stored row(s) of this sweep were measured with {seen}, not "
                       f"batch_size={batch_size}, repeats={repeats}: their results are this configuration's, "
-                      "but their timing columns (wall_s, speed-ups) come from that measurement. Pass "
+                      "but their measured and batch-dependent columns (wall_s, speed-ups, bytes moved per token) come from that measurement. Pass "
                       "remeasure=True (explorer sweep --remeasure) to time them again", stacklevel=2)
     if store.read_only():
         todo_count = sum(j.config_hash not in have for j in jobs)

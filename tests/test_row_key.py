@@ -24,7 +24,9 @@ MEASURE = {"wall_s", "wall_s_per_token", "created_at", "device", "batch_size", "
            "kv_fill_share", "wall_s_target_alone", "speedup_measured", "cost_ratio_measured",
            "verify_cost_ratio_measured", "speedup_predicted", "speedup_predicted_from_counts",
            # the batched loop's work: a batch drafts as long as its longest row does
-           "draft_calls", "draft_positions", "target_positions", "flops_per_token_analytic"}
+           "draft_calls", "draft_positions", "target_positions", "flops_per_token_analytic",
+           # bytes moved: the decode batch shares each weight read
+           "decode_batch", "bytes_moved_per_problem_analytic", "bytes_moved_per_token_analytic"}
 
 
 def results(row):
