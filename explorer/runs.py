@@ -33,10 +33,11 @@ def versions() -> dict[str, str]:
 
 
 def task_format(task: T.Task | str) -> str:
-    """The task's model-facing format (a task that gains a new format keys new rows)."""
+    """The task's model-facing format: "zoo" or "natural" once `Task.for_model` bound it (a task that
+    gains a new format keys new rows)."""
     if isinstance(task, str):
         task = T.tasks.get(task) if task in T.tasks else None
-    return str(getattr(task, "task_format", None) or DEFAULT_TASK_FORMAT)
+    return str(getattr(task, "format", None) or getattr(task, "task_format", None) or DEFAULT_TASK_FORMAT)
 
 
 def config_hash(model: Model | tuple[str, str], task: T.Task | str, technique: Technique, n: int, seed: int) -> str:
@@ -111,6 +112,7 @@ def run(model: Model | str, task: T.Task | str, technique: Technique | None = No
     if not isinstance(model, Model):
         raise ValueError(f"model={model!r}; give a model name (zoo name, folder, Hugging Face id) or "
                          "an explorer.load(...) result")
+    task = task.for_model(model)  # its format: the zoo's digits for the zoo, the written form for others
     key = config_hash(model, task, technique, n, seed)  # before running: the drafts' weights as they are now
     variant = technique.prepare(model)
     row: dict[str, Any] = {

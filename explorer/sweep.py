@@ -79,6 +79,15 @@ def model_identity(name: str) -> tuple[str, str]:
     return identity(name)
 
 
+def planned(model: str, task: T.Task) -> T.Task:
+    """`task` in the format `run` will bind it to for `model`, known before loading it (it is in the row's key)."""
+    from explorer.models import task_format_of
+
+    if task.kind != "generate" or task.format is not None:
+        return task
+    return task.with_format(T.pick_format(task, task_format_of(model)))
+
+
 def applies(technique: Technique, task: T.Task) -> bool:
     """A likelihood task only scores the prepared model, so a technique that decodes or
     evaluates (EarlyExit, Sampling) would give a duplicate of a row without it: skip it there."""
@@ -116,7 +125,7 @@ def plan(models: Sequence[str] | str, tasks: Sequence[str] | str, techniques=Non
         ident = model_identity(model)
         for task, tech in itertools.product(task_objs, techs):
             if applies(tech, task):
-                jobs.append(Job(model, task.name, tech, n, seed, config_hash(ident, task, tech, n, seed),
+                jobs.append(Job(model, task.name, tech, n, seed, config_hash(ident, planned(model, task), tech, n, seed),
                                 repeats, batch_size))
     return list({j.config_hash: j for j in jobs}.values())
 

