@@ -240,6 +240,10 @@ class Task:
         prompt = f.prompt(p)
         return Example(self.wrap(prompt) if self.wrap else prompt, f.answer(p), p.display, p.difficulty, p.choices)
 
+    def make(self, rng: random.Random, difficulty: int) -> Example:
+        """One example from `rng` (the zoo's training batches draw this way)."""
+        return self.render(self.generator(rng, difficulty))
+
     def examples(self, n: int, seed: int = 0, difficulty: int | None = None) -> list[Example]:
         """`n` examples in this task's format, difficulties cycled evenly unless one is given."""
         return [self.render(p) for p in self.problems(n, seed, difficulty)]
@@ -320,13 +324,11 @@ def few_shot_wrapper(task: Task) -> Callable[[str], str]:
 
 # ---------------------------------------------------------------- registry
 
-tasks: Registry[Task] = Registry("task")
+tasks: Registry[Task] = Registry("task", Task)
 
 
 def register(t: Task) -> Task:
     """Register a task object under its name (the decorator `task` does this for a generator)."""
-    if not isinstance(t, Task):
-        raise TypeError(f"{t!r} is not an explorer.tasks.Task")
     tasks.register(t.name)(t)
     return t
 

@@ -59,7 +59,7 @@ def test_bad_n_is_refused_with_the_value(bad):
 
 
 def test_unknown_task_lists_the_known_ones():
-    with pytest.raises(KeyError, match="unknown task 'additon'; known: addition, subtraction"):
+    with pytest.raises(KeyError, match="unknown task 'additon'; did you mean 'addition'.*known: addition, subtraction"):
         T.get("additon")
 
 
@@ -148,7 +148,7 @@ def test_a_task_registers_by_decorator_with_its_verifier():
         assert task.verify(e, f"{e.answer.capitalize()}, it is.")
         assert not task.verify(e, "maybe")
         with pytest.raises(ValueError, match="already registered"):
-            T.register(task)
+            T.register(task.with_format("natural"))  # another task under a taken name
     finally:
         T.unregister("parity")
     assert "parity" not in T.names()
@@ -158,7 +158,7 @@ def test_a_function_verifier_judges_the_reply():
     v = T.as_verifier(lambda reply, e: reply.lower().startswith(e.answer))
     e = T.Example("q", "paris", "capital", 1)
     assert v.check(v.parse(" Paris.", e), e) and not v.check(v.parse("Lyon", e), e)
-    with pytest.raises(KeyError, match="unknown verifier 'nmber'; known: exact, number"):
+    with pytest.raises(KeyError, match="unknown verifier 'nmber'.*known: exact, number"):
         T.as_verifier("nmber")
 
 

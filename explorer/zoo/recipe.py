@@ -119,7 +119,7 @@ def batch(step: int, spec: Spec, text: str) -> tuple[torch.Tensor, torch.Tensor]
     else:
         for _ in range(spec.batch):
             task = T.get(rng.choice(T.GENERATIVE))
-            rows.append(task_row(task._make(rng, rng.choice(task.difficulties)), v))
+            rows.append(task_row(task.make(rng, rng.choice(task.difficulties)), v))
     width = max(len(r[0]) for r in rows)
     ids = torch.tensor([r[0] + [v["<pad>"]] * (width - len(r[0])) for r in rows])
     labels = torch.tensor([r[1] + [-100] * (width - len(r[1])) for r in rows])
