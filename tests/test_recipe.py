@@ -59,3 +59,57 @@ def test_zoo_train_cli_writes_a_loadable_model_with_its_card(tmp_path):
     for f in ("config.json", "model.safetensors", "tokenizer.json", "eval.json"):
         assert (folder / f).exists(), f
     assert ex.load(str(folder)).facts.layers == 1
+
+
+def test_a_checkpoint_is_safetensors_and_json_and_round_trips(tmp_path):
+    import torch
+
+    spec = ex.zoo.Spec("t", layers=1, width=32, heads=2, steps=10)
+    model = recipe.build_model(spec)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    ids, labels = recipe.batch(0, spec, "x" * 200)
+    recipe.layer_losses(model, ids, labels)[-1].backward()
+    opt.step()
+    recipe.save_checkpoint(tmp_path, model, opt, {"step": 1, "seconds": 0.5, "tokens": 7, "history": [(0, 1.0)]})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.json", "checkpoint.safetensors"]
+    fresh = recipe.build_model(spec)
+    fresh_opt = torch.optim.AdamW(fresh.parameters(), lr=1e-3)
+    meta = recipe.load_checkpoint(tmp_path, fresh, fresh_opt, log=lambda *_: None)
+    assert meta["step"] == 1 and meta["tokens"] == 7
+    for a, b in zip(model.state_dict().values(), fresh.state_dict().values()):
+        assert a.equal(b)
+    sa, sb = opt.state_dict()["state"], fresh_opt.state_dict()["state"]
+    assert sa.keys() == sb.keys() and all(sa[i]["exp_avg"].equal(sb[i]["exp_avg"]) for i in sa)
+
+
+def test_a_planted_pickle_checkpoint_never_runs(tmp_path):
+    import pickle
+
+    import torch
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    (tmp_path / "checkpoint.pt").write_bytes(pickle.dumps(Payload()))
+    said = []
+    spec = ex.zoo.Spec("t", layers=1, width=32, heads=2, steps=10)
+    model = recipe.build_model(spec)
+    assert recipe.load_checkpoint(tmp_path, model, torch.optim.AdamW(model.parameters()), log=said.append) is None
+    assert not marker.exists() and "never loaded" in said[0]
+
+
+def test_no_pickle_loading_anywhere_in_the_project():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    offenders = []
+    for file in [*root.glob("explorer/**/*.py"), *root.glob("widgets/**/*.py"), *root.glob("benchmarks/**/*.py"),
+                 *root.glob("scripts/**/*.py")]:
+        text = file.read_text()
+        for bad in ("weights_only=False", "pickle.load", "import pickle", "torch.load(", "joblib.load"):
+            if bad in text and not ("torch.load(" == bad and "weights_only=True" in text):
+                offenders.append(f"{file.relative_to(root)}: {bad}")
+    assert not offenders, offenders

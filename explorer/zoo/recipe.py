@@ -159,15 +159,13 @@ def train(spec: Spec, out_dir: Path, *, text_dir: Path | None = None, work_dir: 
     total = steps or spec.steps
     work_dir = Path(work_dir or Path(out_dir).parent / f".{spec.name}-work")
     work_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = work_dir / "checkpoint.pt"
     model = build_model(spec)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.lr, betas=(0.9, 0.98), weight_decay=0.01)
     start, seconds, tokens, history = 0, 0.0, 0, []
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
+    state = load_checkpoint(work_dir, model, opt, log=log)
+    if state is not None:
         start, seconds, tokens, history = state["step"], state["seconds"], state["tokens"], state["history"]
+        history = [tuple(h) for h in history]
         log(f"{spec.name}: resuming at step {start}")
     model.train()
     bar = tqdm(range(start, total), initial=start, total=total, desc=spec.name, mininterval=2)
@@ -194,8 +192,8 @@ def train(spec: Spec, out_dir: Path, *, text_dir: Path | None = None, work_dir: 
             model.train()
         if done % CHECKPOINT_EVERY == 0 or done == total:
             elapsed = seconds + time.perf_counter() - t0
-            torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "step": done,
-                        "seconds": elapsed, "tokens": tokens, "history": history}, ckpt)
+            save_checkpoint(work_dir, model, opt, {"step": done, "seconds": elapsed, "tokens": tokens,
+                                                   "history": history})
     seconds += time.perf_counter() - t0
     model.eval()
     out_dir = Path(out_dir)
@@ -206,6 +204,71 @@ def train(spec: Spec, out_dir: Path, *, text_dir: Path | None = None, work_dir: 
              "threads": threads, "loss_history": history}
     (out_dir / "training.json").write_text(json.dumps(facts, indent=1))
     return facts
+
+
+# ---------------------------------------------------------------- checkpoints
+# Tensors in safetensors, everything else in JSON: loading a checkpoint never runs code
+# (a pickle, as torch.save writes, can; a planted one would run on `explorer zoo train`).
+
+CKPT_TENSORS, CKPT_META = "checkpoint.safetensors", "checkpoint.json"
+
+
+def save_checkpoint(work_dir: Path, model, opt, progress: dict) -> None:
+    """Model and AdamW state as tensors, the rest as JSON; both land by rename, JSON last."""
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v.detach().contiguous().clone() for k, v in model.state_dict().items()}
+    opt_state = opt.state_dict()
+    scalars: dict[str, dict] = {}
+    for idx, st in opt_state["state"].items():
+        for key, v in st.items():
+            if torch.is_tensor(v):
+                tensors[f"opt.{idx}.{key}"] = v.detach().contiguous().clone()
+            else:
+                scalars.setdefault(str(idx), {})[key] = v
+    stamp = f"{os.getpid()}-{time.time_ns()}"
+    meta = {**progress, "stamp": stamp, "param_groups": opt_state["param_groups"], "opt_scalars": scalars}
+    work_dir = Path(work_dir)
+    tmp_t, tmp_m = work_dir / f".{CKPT_TENSORS}.tmp", work_dir / f".{CKPT_META}.tmp"
+    save_file(tensors, tmp_t, metadata={"stamp": stamp})
+    tmp_m.write_text(json.dumps(meta))
+    os.replace(tmp_t, work_dir / CKPT_TENSORS)
+    os.replace(tmp_m, work_dir / CKPT_META)
+
+
+def load_checkpoint(work_dir: Path, model, opt, log=print) -> dict | None:
+    """Restore model and optimizer from `work_dir`; the progress dict, or None to start afresh."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    work_dir = Path(work_dir)
+    if (work_dir / "checkpoint.pt").exists():
+        log(f"ignoring {work_dir / 'checkpoint.pt'}: pickle checkpoints are never loaded (they can run code); "
+            "training starts afresh")
+    tensors_file, meta_file = work_dir / CKPT_TENSORS, work_dir / CKPT_META
+    if not (tensors_file.exists() and meta_file.exists()):
+        return None
+    try:
+        meta = json.loads(meta_file.read_text())
+        with safe_open(str(tensors_file), framework="pt") as f:
+            stamp = (f.metadata() or {}).get("stamp")
+        if stamp != meta.get("stamp"):  # killed between the two renames: they are from different saves
+            log(f"ignoring the checkpoint in {work_dir}: its tensors and metadata are from different saves")
+            return None
+        tensors = load_file(str(tensors_file))
+    except (OSError, ValueError, json.JSONDecodeError) as err:
+        log(f"ignoring the unreadable checkpoint in {work_dir} ({type(err).__name__}); training starts afresh")
+        return None
+    model.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
+    state: dict = {}
+    for k, v in tensors.items():
+        if k.startswith("opt."):
+            _, idx, key = k.split(".", 2)
+            state.setdefault(int(idx), {})[key] = v
+    for idx, extra in meta.get("opt_scalars", {}).items():
+        state.setdefault(int(idx), {}).update(extra)
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    return meta
 
 
 # ---------------------------------------------------------------- evaluation
