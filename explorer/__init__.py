@@ -3,7 +3,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from explorer import tasks, zoo
+from explorer import stats, tasks, zoo
 from explorer.models import Model, ModelNotFound, load
 from explorer.runs import run
 from explorer.compose import compose

@@ -87,7 +87,26 @@ def mark(g: pl.DataFrame, cost: str, quality: str, lo: str, hi: str, maximize: b
 
     status = [FRONTIER if o else DOMINATED if d else INDISTINGUISHABLE for o, d in zip(on, distinguishable)]
     return g.with_columns(pl.Series("on_frontier", on), pl.Series("distinguishable", distinguishable),
-                          pl.Series("frontier_status", status, dtype=pl.String))
+                          pl.Series("frontier_status", status, dtype=pl.String),
+                          pl.Series("problems_to_decide", to_decide(c, q, on, distinguishable, maximize),
+                                    dtype=pl.Int64))
+
+
+def to_decide(c: np.ndarray, q: np.ndarray, on: np.ndarray, distinguishable: np.ndarray,
+              maximize: bool) -> list[int | None]:
+    """For a not-distinguishable point on an accuracy (a proportion, higher is better): problems per
+    configuration that would tell it from the best frontier point at no greater cost
+    (`explorer.stats.problems_needed`, power 0.8, alpha 0.05). None elsewhere."""
+    from explorer.stats import problems_needed
+
+    out: list[int | None] = [None] * len(c)
+    if not maximize or not len(q) or q.min() < 0 or q.max() > 1:
+        return out
+    for i in np.flatnonzero(~distinguishable):
+        rivals = q[on & (c <= c[i])]
+        if rivals.size and 0 < q[i] < 1 and rivals.max() > q[i]:
+            out[i] = problems_needed(rivals.max() - q[i], q[i])
+    return out
 
 
 def best_under_budget(df: pl.DataFrame, *, budget: float, cost: str = "flops_per_token_analytic",

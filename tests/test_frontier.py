@@ -168,3 +168,17 @@ def test_the_chart_writes_svg_and_png_through_vl_convert(tmp_path, fmt, head):
     df = pl.DataFrame({"cost": [1.0, 2.0, 3.0], "accuracy": [0.2, 0.5, 0.4], "technique": ["a", "b", "a"]})
     chart(df, cost="cost").save(str(tmp_path / f"f.{fmt}"))
     assert (tmp_path / f"f.{fmt}").read_bytes().lstrip().startswith(head)
+
+
+def test_a_not_distinguishable_point_says_how_many_problems_would_decide():
+    from explorer.stats import problems_needed
+
+    df = pl.DataFrame({"cost": [1.0, 2.0, 3.0, 4.0], "accuracy": [0.70, 0.66, 0.20, 0.90],
+                       "accuracy_lo": [0.60, 0.56, 0.12, 0.85], "accuracy_hi": [0.80, 0.76, 0.30, 0.95]})
+    out = {r["cost"]: r for r in frontier(df, cost="cost", keep="all").iter_rows(named=True)}
+    assert out[2.0]["frontier_status"] == "not distinguishable"
+    assert out[2.0]["problems_to_decide"] == problems_needed(0.70 - 0.66, 0.66) > 1000
+    assert out[3.0]["frontier_status"] == "dominated" and out[3.0]["problems_to_decide"] is None
+    assert out[1.0]["problems_to_decide"] is None  # a frontier point needs no deciding
+    bpc = frontier(df.with_columns(pl.col("accuracy") * 3), cost="cost", keep="all")  # not a proportion
+    assert bpc["problems_to_decide"].is_null().all()

@@ -201,3 +201,17 @@ def test_the_pieces_compose_without_the_lab(lab):
     budget.slider.value = 10 ** (budget.slider.min + 1)
     assert view.widget.params.budget == pytest.approx(state.budget) and state.budget < min(
         r["weight_bytes"] for r in view.shown)
+
+
+def test_the_not_distinguishable_mark_says_how_many_problems_would_decide():
+    import polars as pl
+
+    from explorer.stats import problems_needed
+    from widgets.frontier import records
+
+    df = pl.DataFrame({"config_hash": ["a", "b", "c"], "model": ["m"] * 3, "technique": ["t"] * 3,
+                       "weight_bytes": [1.0, 2.0, 3.0], "accuracy": [0.7, 0.66, 0.2],
+                       "accuracy_lo": [0.6, 0.56, 0.1], "accuracy_hi": [0.8, 0.76, 0.3]})
+    status = {r["config_hash"]: r["status_weight_bytes"] for r in records(df)}
+    assert status == {"a": "frontier", "c": "dominated",
+                      "b": f"not distinguishable: about {problems_needed(0.04, 0.66)} problems each would decide"}

@@ -37,8 +37,11 @@ def records(df: pl.DataFrame, quality: str = QUALITY) -> list[dict[str, Any]]:
             continue
         marked = frontier(df.select("config_hash", axis, quality, f"{quality}_lo", f"{quality}_hi"),
                              cost=axis, quality=quality, keep="all")
-        out = out.join(marked.select("config_hash", pl.col("frontier_status").alias(f"status_{axis}")),
-                       on="config_hash", how="left")
+        # The "not distinguishable" mark says how many problems per configuration would decide it.
+        decide = pl.lit("not distinguishable: about ") + pl.col("problems_to_decide").cast(pl.String) + \
+            pl.lit(" problems each would decide")
+        status = pl.when(pl.col("problems_to_decide").is_not_null()).then(decide).otherwise(pl.col("frontier_status"))
+        out = out.join(marked.select("config_hash", status.alias(f"status_{axis}")), on="config_hash", how="left")
     return out.to_dicts()
 
 
