@@ -156,6 +156,11 @@ class Composed(Technique):
             model = p.prepare(model)
         return model
 
+    def prepare_for(self, model, task):
+        for p in self.parts:
+            model = p.prepare_for(model, task)
+        return model
+
     def generate(self, model, prompts: list[str], *, max_new_tokens: int, seed: int):
         decoder = self._one(DECODES)
         if decoder is None:

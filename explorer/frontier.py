@@ -215,7 +215,9 @@ def points(df: pl.DataFrame, *, cost: str | Sequence[str] = "flops_per_problem_a
         marked = frontier(df.select([c for c in ("config_hash", axis, quality, f"{quality}_lo", f"{quality}_hi", *(
             [by] if isinstance(by, str) else list(by or []))) if c in df.columns]),
             cost=axis, quality=quality, by=by, maximize=maximize, keep="all")
-        out = out.join(marked.select("config_hash", pl.col("frontier_status").alias(f"status_{axis}")),
+        extra = [pl.col("problems_to_decide").alias(f"problems_to_decide_{axis}")] \
+            if "problems_to_decide" in marked.columns else []
+        out = out.join(marked.select("config_hash", pl.col("frontier_status").alias(f"status_{axis}"), *extra),
                        on="config_hash", how="left")
     return out
 

@@ -58,6 +58,11 @@ class Registry(Generic[T]):
         close = difflib.get_close_matches(str(name), self.names(), n=1, cutoff=0.6) if isinstance(name, str) else []
         return f"did you mean {close[0]!r}? " if close else ""
 
+    def unregister(self, name: str) -> None:
+        """Remove `name` (a notebook or a test that registered its own cleans up with this)."""
+        self.get(name)
+        del self._items[name]
+
     def names(self) -> list[str]:
         return list(self._items)
 

@@ -114,7 +114,7 @@ def run(model: Model | str, task: T.Task | str, technique: Technique | None = No
                          "an explorer.load(...) result")
     task = task.for_model(model)  # its format: the zoo's digits for the zoo, the written form for others
     key = config_hash(model, task, technique, n, seed)  # before running: the drafts' weights as they are now
-    variant = technique.prepare(model)
+    variant = technique.prepare_for(model, task)
     row: dict[str, Any] = {
         "model": model.name, "model_params": model.facts.params, "model_layers": model.facts.layers,
         "model_width": model.facts.width, "model_revision": model.facts.revision, "task": task.name,

@@ -215,3 +215,43 @@ def test_the_not_distinguishable_mark_says_how_many_problems_would_decide():
     status = {r["config_hash"]: r["status_weight_bytes"] for r in records(df)}
     assert status == {"a": "frontier", "c": "dominated",
                       "b": f"not distinguishable: about {problems_needed(0.04, 0.66)} problems each would decide"}
+
+
+def test_stacked_techniques_run_as_one_composed_configuration(tmp_path):
+    """quantize + sampling from the UI: the stack control composes them and the chart shows the joint point."""
+    lab = Lab(tmp_path / "s", models=["zoo-xs"], technique="quantize", bits=4, samples=2, n=6)
+    lab.runner.wait(120)
+    lab.controls["stack"].value = ("sampling",)
+    lab.runner.wait(120)
+    techniques = {r["technique"] for r in chart_rows(lab)}
+    assert "quantize+sampling" in techniques and lab.state.stack == ["sampling"]
+    # the panel shows both techniques' knobs
+    shown = [c.description for c in lab.knobs.children]
+    assert "bits" in shown and "samples" in shown and "k" in shown
+    # a stack the engine cannot compose is refused with its reason, and the control snaps back
+    lab.state.stack = ["speculative", "sampling"]
+    assert lab.state.stack == ["sampling"] and "refused stack" in lab.state.status
+    # early exit + sampling: the exiting model samples at sampling's temperature
+    lab.state.technique = "early_exit"
+    assert lab.state.stack == ["sampling"]
+    assert lab.state.technique_config().name == "early_exit+sampling"
+    lab.runner.close()
+
+
+def test_the_model_list_has_the_zoo_the_kernels_models_and_the_folders_given(tmp_path):
+    import explorer as ex
+    from widgets.lab import model_names
+
+    folder = str(ex.zoo.path("zoo-xs"))
+    held = ex.load(folder)  # a model loaded in this kernel, by its folder
+    lab = Lab(tmp_path / "s", models=["zoo-xs"], autostart=False)
+    offered = lab.controls["models"].options
+    assert list(offered[: len(ex.zoo.names())]) == ex.zoo.names() and folder in offered
+    assert folder in lab.controls["draft"].options  # a draft can be any of them
+    extra = tmp_path / "mine"
+    assert str(extra) in model_names([extra])
+    lab2 = Lab(tmp_path / "s", models=[folder], n=4, autostart=False)
+    assert lab2.runner.models[folder] is held  # the kernel's own model runs, not a second copy
+    assert lab2.state.models == [folder]
+    lab.runner.close()
+    lab2.runner.close()

@@ -14,35 +14,32 @@ from typing import Any
 import altair as alt
 import polars as pl
 
-from explorer.frontier import frontier, with_derived
-from explorer.techniques.sampling import read_at_k
-from widgets.state import COST_AXES
+from explorer.frontier import points
+from explorer.metrics import COST_AXES, axis_title
 
 DATA = "rows"
 QUALITY = "accuracy"
 NO_LIMIT = None  # JSON has no infinity: a null budget means no limit
 
 
-def records(df: pl.DataFrame, quality: str = QUALITY) -> list[dict[str, Any]]:
-    """Chart rows: one per run, with every cost axis and the frontier status on each axis."""
+def records(df: pl.DataFrame, quality: str = QUALITY, filters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Chart rows: one per run, with every cost axis and the frontier status on each axis,
+    from `explorer.frontier.points` (rows re-read at the filters, e.g. k)."""
     if df.height == 0 or quality not in df.columns:
         return []
-    df = with_derived(df.filter(pl.col(quality).is_not_null()), COST_AXES)
+    df = points(df, cost=COST_AXES, quality=quality, filters=filters)
+    if df.height == 0:
+        return []
     keep = ["config_hash", "model", "technique", "label", quality, f"{quality}_lo", f"{quality}_hi",
-            *[c for c in COST_AXES if c in df.columns]]
+            *[c for c in COST_AXES if c in df.columns], *[f"status_{c}" for c in COST_AXES]]
     df = df.with_columns(label=label_expr(df))
-    out = df.select([c for c in keep if c in df.columns])
-    for axis in COST_AXES:
-        if axis not in df.columns or df[axis].is_null().all():
-            continue
-        marked = frontier(df.select("config_hash", axis, quality, f"{quality}_lo", f"{quality}_hi"),
-                             cost=axis, quality=quality, keep="all")
-        # The "not distinguishable" mark says how many problems per configuration would decide it.
-        decide = pl.lit("not distinguishable: about ") + pl.col("problems_to_decide").cast(pl.String) + \
-            pl.lit(" problems each would decide")
-        status = pl.when(pl.col("problems_to_decide").is_not_null()).then(decide).otherwise(pl.col("frontier_status"))
-        out = out.join(marked.select("config_hash", status.alias(f"status_{axis}")), on="config_hash", how="left")
-    return out.to_dicts()
+    for axis in COST_AXES:  # the "not distinguishable" mark says how many problems per configuration would decide it
+        if f"problems_to_decide_{axis}" in df.columns:
+            n = pl.col(f"problems_to_decide_{axis}")
+            decide = pl.lit("not distinguishable: about ") + n.cast(pl.String) + pl.lit(" problems each would decide")
+            df = df.with_columns(pl.when(n.is_not_null()).then(decide).otherwise(pl.col(f"status_{axis}"))
+                                 .alias(f"status_{axis}"))
+    return df.select([c for c in keep if c in df.columns]).to_dicts()
 
 
 def label_expr(df: pl.DataFrame) -> pl.Series:
@@ -59,7 +56,7 @@ def chart(rows: list[dict[str, Any]], *, budget: float = math.inf, cost_axis: st
     budget_p = alt.param(name="budget", value=None if math.isinf(budget) else budget)
     axis_p = alt.param(name="cost_axis", value=cost_axis)
     pick = alt.selection_point(name="pick", fields=["config_hash"], on="click", clear="dblclick")
-    axes = [a for a in COST_AXES if any(a in r for r in rows)] or [cost_axis]
+    axes = list(dict.fromkeys([*COST_AXES, cost_axis]))  # every axis: rows arriving later may have any of them
     base = (
         alt.Chart(alt.NamedData(name=DATA))
         .transform_fold(axes, as_=["cost_name", "cost"])
@@ -68,7 +65,7 @@ def chart(rows: list[dict[str, Any]], *, budget: float = math.inf, cost_axis: st
                              fits="budget == null || datum.cost <= budget")
     )
     x = alt.X("cost:Q", scale=alt.Scale(type="log"), title="cost (the selected cost axis)")
-    y = alt.Y(f"{quality}:Q", scale=alt.Scale(domain=[0, 1]), title=quality)
+    y = alt.Y(f"{quality}:Q", scale=alt.Scale(domain=[0, 1]), title=axis_title(quality))
     bars = base.mark_rule(opacity=0.5).encode(x=x, y=f"{quality}_lo:Q", y2=f"{quality}_hi:Q",
                                                color=alt.Color("model:N"))
     points = base.mark_point(filled=True, size=70).encode(
@@ -110,7 +107,9 @@ class FrontierView:
         self.shown = self.widget.spec.get("datasets", {}).get(DATA, [])  # the rows on screen
         self.updates = 0
         state.observe(self._on_filter, names=["budget", "cost_axis"])
-        state.observe(lambda _: self.refresh(), names="k")  # stored samples read at the new k: no run
+        # A declared filter (k) re-reads stored rows: no run.
+        state.observe(lambda _: self.refresh(), names=[f for f in state.filters() if f in state.trait_names()
+                                                      and f not in ("budget", "cost_axis")])
         self.widget.selections.observe(self._on_pick, names="pick")
         # A page reload re-renders the chart from its spec and the front end reports the spec's
         # param values back as if the user had set them: the state is the truth, so restore it.
@@ -120,7 +119,7 @@ class FrontierView:
         if df.height == 0 or "task" not in df.columns:
             return []
         df = df.filter((pl.col("task") == self.state.task) & pl.col("model").is_in(list(self.state.models)))
-        return records(read_at_k(df, self.state.k), self.quality)  # sampling points at the k slider's k
+        return records(df, self.quality, self.state.filter_values())  # e.g. sampling points at the k slider's k
 
     def params(self) -> dict[str, Any]:
         b = self.state.budget

@@ -12,17 +12,17 @@ import warnings
 import ipywidgets as w
 
 import explorer as ex
-from explorer.frontier import best_under_budget, with_derived
+from explorer.frontier import best_under_budget, read_at, with_derived
+from explorer.metrics import COST_AXES, axis_title
+from explorer.registry import loaded
 from explorer.store import Store
-from explorer.techniques.sampling import read_at_k
+from explorer.techniques import Knob, declaration, declarations
 from widgets.budget import BudgetSlider
 from widgets.frontier import FrontierView
 from widgets.runner import Runner
-from widgets.state import COST_AXES, FILTERS, TECHNIQUES, THRESHOLDS, LabState
+from widgets.state import LabState, knob_owners, technique_names
 
-BITS = [2, 3, 4, 5, 6, 8, 16]
-SAMPLES = [2, 4, 8, 16, 32, 64]
-GROUPS = [("per channel", 0), ("32", 32), ("64", 64), ("128", 128)]
+STYLE = {"description_width": "90px"}
 
 
 def bind(control: w.ValueWidget, state: LabState, name: str, *, before=None) -> w.ValueWidget:
@@ -45,56 +45,120 @@ def bind(control: w.ValueWidget, state: LabState, name: str, *, before=None) -> 
     return control
 
 
-def link_threshold(slider: w.ValueWidget, state: LabState, criterion: str) -> None:
+def link_scaled(slider: w.ValueWidget, state: LabState, knob: Knob, key) -> None:
+    """A slider for `knob` on the scale it has when its `scale_by` knob is `key`: only the
+    slider of the current scale writes to the state."""
     def to_state(change):
-        if state.criterion == criterion:
-            setattr(state, "threshold", change["new"])
-            if state.threshold != change["new"]:
-                slider.value = state.threshold
+        if getattr(state, knob.scale_by) == key:
+            setattr(state, knob.name, change["new"])
+            if getattr(state, knob.name) != change["new"]:
+                slider.value = getattr(state, knob.name)
 
     def to_slider(_=None):
-        lo, hi, _default = THRESHOLDS[criterion]
-        if state.criterion == criterion and lo <= state.threshold <= hi:
-            slider.value = state.threshold
+        lo, hi, *_rest = knob.scales[key]
+        value = getattr(state, knob.name)
+        if getattr(state, knob.scale_by) == key and lo <= value <= hi:
+            slider.value = value
 
     to_slider()
     slider.observe(to_state, names="value")
-    state.observe(to_slider, names=["threshold", "criterion"])
+    state.observe(to_slider, names=[knob.name, knob.scale_by])
 
 
-def controls(state: LabState) -> dict[str, w.Widget]:
-    style = {"description_width": "90px"}
-    c = {
-        "technique": w.ToggleButtons(options=list(TECHNIQUES), description="technique", style=style),
-        "task": w.Dropdown(options=list(ex.tasks.GENERATIVE), description="task", style=style),
-        "models": w.SelectMultiple(options=ex.zoo.names(), description="models", rows=4, style=style),
-        "bits": w.SelectionSlider(options=BITS, description="bits", style=style, continuous_update=False),
-        "format": w.ToggleButtons(options=["int", "fp"], description="format", style=style),
-        "group_size": w.Dropdown(options=GROUPS, description="group size", style=style),
-        "criterion": w.Dropdown(options=["max_prob", "entropy", "agreement"], description="exit when", style=style),
-        "draft": w.Dropdown(options=ex.zoo.names()[:-1], description="draft", style=style),
-        "draft_len": w.IntSlider(min=1, max=8, description="draft length", style=style, continuous_update=False),
-        "samples": w.SelectionSlider(options=SAMPLES, description="samples", style=style, continuous_update=False),
-        "k": w.IntSlider(min=1, max=64, description="k", style=style),
-        "cost_axis": w.Dropdown(options=list(COST_AXES), description="cost axis", style=style),
+def model_names(extra=()) -> list[str]:
+    """The models a lab offers: the zoo, every model loaded in this kernel, and `extra` (folders, ids)."""
+    return list(dict.fromkeys([*ex.zoo.names(), *loaded.keys(), *map(str, extra)]))
+
+
+def task_names() -> list[str]:
+    """The generative tasks registered now (a task registered in a notebook is listed too)."""
+    listed = getattr(ex.tasks, "generative", None)
+    return list(listed()) if callable(listed) else list(ex.tasks.GENERATIVE)
+
+
+def slider(knob: Knob, lo, hi, step) -> w.ValueWidget:
+    integer = all(float(v).is_integer() for v in (lo, hi, step or 1))
+    kind = w.IntSlider if integer else w.FloatSlider
+    extra = {} if integer else {"step": step or (hi - lo) / 100}
+    return kind(min=lo, max=hi, description=knob.label, style=STYLE, continuous_update=False,
+                tooltip=knob.unit or None, **extra)
+
+
+def control_for(knob: Knob, models: list[str]) -> w.ValueWidget:
+    """A control for a declared knob, from its declaration alone."""
+    if knob.kind == "model":
+        return w.Dropdown(options=models, description=knob.label, style=STYLE)
+    if knob.options:
+        labelled = any(isinstance(o, tuple) for o in knob.options)
+        values = knob.values
+        if labelled:
+            pairs = [o if isinstance(o, tuple) else (str(o), o) for o in knob.options]
+            return w.Dropdown(options=pairs, description=knob.label, style=STYLE)
+        if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            return w.SelectionSlider(options=values, description=knob.label, style=STYLE, continuous_update=False)
+        if len(values) <= 2:
+            return w.ToggleButtons(options=values, description=knob.label, style=STYLE)
+        return w.Dropdown(options=values, description=knob.label, style=STYLE)
+    if knob.range is not None:
+        return slider(knob, knob.range[0], knob.range[1], knob.step)
+    return w.Text(description=knob.label, style=STYLE)
+
+
+def controls(state: LabState, models: list[str] | None = None) -> dict[str, w.Widget]:
+    """One control per lab knob, every one built from the technique registry's declarations."""
+    models = model_names(state.models) if models is None else models
+    c: dict[str, w.Widget] = {
+        "technique": w.ToggleButtons(options=technique_names(), description="technique", style=STYLE),
+        "stack": w.SelectMultiple(options=[n for n in technique_names() if declaration(n).roles],
+                                  description="stack with", rows=3, style=STYLE),
+        "task": w.Dropdown(options=task_names(), description="task", style=STYLE),
+        "models": w.SelectMultiple(options=models, description="models", rows=4, style=STYLE),
+        "cost_axis": w.Dropdown(options=[(axis_title(a), a) for a in COST_AXES], description="cost axis",
+                                style=STYLE),
     }
+    bounded: dict[str, str] = {}  # filter -> the knob that bounds it from above
+    for name, owners in knob_owners().items():
+        if name not in state.trait_names():
+            continue  # registered after this state was made
+        knob = owners[0][1]
+        if knob.scales:
+            # One slider per scale, each on its own fixed range (a slider whose range moved would
+            # clamp and so write a value the user never chose).
+            for key, (lo, hi, _default, *step) in knob.scales.items():
+                c[f"{name}_{key}"] = s = slider(knob, lo, hi, step[0] if step else None)
+                link_scaled(s, state, knob, key)
+            continue
+        c[name] = control_for(knob, models)
+        if knob.upto:
+            bounded[name] = knob.upto
     for name, control in c.items():
-        # k's range follows the samples drawn, which may have grown just before k moves with them.
-        widen = (lambda: setattr(c["k"], "max", max(c["k"].max, state.samples))) if name == "k" else None
-        bind(control, state, name, before=widen)
-
-    # One threshold slider per criterion, each on its own fixed scale (a slider whose range
-    # moved would clamp and so write a threshold the user never chose); only the slider of
-    # the current criterion writes to the state.
-    for criterion, (lo, hi, _default) in THRESHOLDS.items():
-        kind = w.IntSlider if criterion == "agreement" else w.FloatSlider
-        slider = kind(min=lo, max=hi, description="threshold", style=style, continuous_update=False,
-                      **({} if criterion == "agreement" else {"step": 0.01}))
-        c[f"threshold_{criterion}"] = slider
-        link_threshold(slider, state, criterion)
-    # k's slider ends at the samples drawn; its maximum moves first, so a new k is never clamped.
-    state.observe(lambda ch: setattr(c["k"], "max", max(ch["new"], 1)), names="samples")
+        if name in bounded:  # its range follows the bound, which may have grown just before it moves
+            upto = bounded[name]
+            widen = (lambda ctl=control, upto=upto: setattr(ctl, "max", max(ctl.max, getattr(state, upto))))
+            bind(control, state, name, before=widen)
+        elif name in state.trait_names():
+            if name == "stack":
+                control.value = tuple(state.stack)
+                control.observe(lambda ch: setattr(state, "stack", list(ch["new"])), names="value")
+                state.observe(lambda ch, ctl=control: setattr(ctl, "value", tuple(ch["new"])), names="stack")
+                continue
+            bind(control, state, name)
+    for name, upto in bounded.items():  # the filter's slider ends at its bound; its maximum moves first
+        state.observe(lambda ch, ctl=c[name]: setattr(ctl, "max", max(ch["new"], 1)), names=upto)
+        c[name].max = max(getattr(state, upto), 1)
     return c
+
+
+def panel(state: LabState, c: dict[str, w.Widget]) -> list[w.Widget]:
+    """The controls of the selected technique and of each one stacked on it (a shared knob once)."""
+    out: list[w.Widget] = []
+    for name in state.chosen():
+        d = declaration(name)
+        for knob in (*d.knobs, *d.filters):
+            control = c.get(f"{knob.name}_{getattr(state, knob.scale_by)}" if knob.scales else knob.name)
+            if control is not None and control not in out:
+                out.append(control)
+    return out
 
 
 def best_card(state: LabState, store: Store, df=None) -> str:
@@ -102,7 +166,7 @@ def best_card(state: LabState, store: Store, df=None) -> str:
     if df.height == 0 or "accuracy" not in df.columns:
         return "<div class='tx-card'>no runs yet</div>"
     df = df.filter((df["task"] == state.task) & df["accuracy"].is_not_null() & df["model"].is_in(list(state.models)))
-    df = with_derived(read_at_k(df, state.k), COST_AXES)  # sampling rows at the k slider's k
+    df = with_derived(read_at(df, state.filter_values()), COST_AXES)  # rows re-read at the filters (k)
     budget = state.budget if not math.isinf(state.budget) else float("inf")
     try:
         with warnings.catch_warnings():  # "nothing fits" is said on the card itself
@@ -121,7 +185,12 @@ def best_card(state: LabState, store: Store, df=None) -> str:
 
 
 class Lab(w.VBox):
-    """The dashboard. `Lab(store)` or `Lab("results/")`; `Lab()` uses the per-user store."""
+    """The dashboard. `Lab(store)` or `Lab("results/")`; `Lab()` uses the per-user store.
+
+    `models=[...]` selects models (zoo names, folders, Hub ids); the list offered is the
+    zoo, every model loaded in this kernel (`explorer.load`), and those given. Every
+    control, panel and detail view comes from the technique registry.
+    """
 
     def __init__(self, store: Store | str | None = None, *, state: LabState | None = None,
                  autostart: bool = True, **selection):
@@ -131,41 +200,37 @@ class Lab(w.VBox):
         self.card = w.HTML()
         self.status = w.HTML()
         self.progress = w.FloatProgress(min=0, max=1, layout=w.Layout(width="200px"))
-        self.controls = controls(self.state)
+        self.controls = controls(self.state, model_names(self.state.models))
         c = self.controls
-        c["budget"] = BudgetSlider(self.state, self._costs, style={"description_width": "90px"})
-        panels = {
-            "baseline": [],
-            "quantize": [c["bits"], c["format"], c["group_size"]],
-            "speculative": [c["draft"], c["draft_len"]],
-            "sampling": [c["samples"], c["k"]],
-        }
-        knobs = w.VBox()
+        c["budget"] = BudgetSlider(self.state, self._costs, style=STYLE)
+        knobs = self.knobs = w.VBox()  # the panel: the knobs of the selected and stacked techniques
+        scales = sorted({k.scale_by for d in declarations() for k in d.knobs if k.scale_by})
 
         def show_panel(_=None):
-            if self.state.technique == "early_exit":
-                knobs.children = [c["criterion"], c[f"threshold_{self.state.criterion}"]]
-            else:
-                knobs.children = panels[self.state.technique]
+            knobs.children = panel(self.state, c)
 
         show_panel()
-        self.state.observe(show_panel, names=["technique", "criterion"])
+        self.state.observe(show_panel, names=["technique", "stack", *[n for n in scales if n in self.state.trait_names()]])
+        self.state.observe(self._default_axis, names="technique")
         self.state.observe(lambda ch: self._status(), names=["status", "busy"])
         self.state.observe(lambda ch: setattr(self.progress, "value", ch["new"]), names="progress")
-        self.state.observe(lambda ch: self._card(), names=["budget", "cost_axis", "task", "k", "models"])
-        self.state.observe(self._filtered, names=list(FILTERS))
+        filters = [f for f in self.state.filters() if f in self.state.trait_names()]
+        self.state.observe(lambda ch: self._card(), names=["task", "models", *filters])
+        self.state.observe(self._filtered, names=filters)
         self.state.observe(lambda ch: self.select(ch["new"]), names="selected")
-        left = w.VBox([c["technique"], c["task"], c["models"], knobs, c["cost_axis"], c["budget"]],
+        left = w.VBox([c["technique"], c["stack"], c["task"], c["models"], knobs, c["cost_axis"], c["budget"]],
                       layout=w.Layout(min_width="380px"))
         self.detail = w.VBox()  # the technique's own view of its latest run
+        self._selecting = False
         self._frame = None  # the store as of the last refresh
-        self.state.observe(self._k_moved, names="k")
+        self.state.observe(self._filter_moved, names=[f for f in filters if f not in ("budget", "cost_axis")])
         right = w.VBox([self.frontier.widget, self.card, self.detail])
         super().__init__([w.HBox([left, right]), w.HBox([self.progress, self.status])])
         self.add_class("tx-lab")
         # Started only once assigned: with every run cached, schedule() refreshes at once,
         # and the refresh reads self.runner.
         self.runner = Runner(self.state, self.store, on_rows=self.refresh, autostart=False)
+        self.runner.models.update({name: m for name, m in loaded.items() if name in self.state.models})
         if autostart:
             self.runner.schedule()
 
@@ -173,18 +238,39 @@ class Lab(w.VBox):
         """Put a clicked run's configuration into the state (its rows are cached: no new run)."""
         if not row:
             return
-        knobs = {"group_size": 0} if row.get("technique") == "quantize" else {}
-        for key, value in row.items():
-            name = key[5:] if key.startswith("knob_") else None
-            name = {"n": "samples"}.get(name, name) if row.get("technique") == "sampling" else name
-            if name in self.state.trait_names() and value is not None:
-                knobs[name] = value
+        names = [n for n in str(row.get("technique", "")).split("+") if n]
+        known = [n for n in names if n in technique_names()]
+        knobs: dict = {}
+        for name in known:
+            for knob in (*declaration(name).knobs, *declaration(name).filters):
+                # a composed row prefixes a knob two of its parts share: knob_<technique>_<field>
+                for column in (f"knob_{name}_{knob.field}", f"knob_{knob.field}"):
+                    if column in row and knob.name in self.state.trait_names():
+                        if row[column] is not None or None in knob.values:
+                            knobs[knob.name] = row[column]
+                        break
+        self._selecting = True
+        try:
+            self._apply(known, knobs)
+        finally:
+            self._selecting = False
+        self.state.status = f"selected {row.get('model')} {row.get('technique')} from the chart"
+
+    def _apply(self, known: list[str], knobs: dict) -> None:
         with self.state.hold_trait_notifications():
-            if row.get("technique") in TECHNIQUES:
-                self.state.technique = row["technique"]
+            if known:
+                self.state.stack = []
+                self.state.technique = known[0]
             for name, value in knobs.items():
                 setattr(self.state, name, value)
-        self.state.status = f"selected {row.get('model')} {row.get('technique')} from the chart"
+            if known:
+                self.state.stack = known[1:]
+
+    def _default_axis(self, change) -> None:
+        """A technique chosen with its control: show the cost axis it moves (the budget starts over).
+        A point clicked on the chart keeps the axis it was clicked on."""
+        if not self._selecting:
+            self.state.cost_axis = declaration(change["new"]).axis
 
     def _costs(self) -> list:
         """Costs of the runs on screen, on the selected cost axis (for the budget slider's range)."""
@@ -200,9 +286,10 @@ class Lab(w.VBox):
         self._detail(df)
 
     def current_row(self, df=None) -> dict | None:
-        """The stored row of the selected technique on the largest selected model, if run."""
+        """The stored row of the selection on the largest selected model, if run."""
         try:
-            jobs = [j for j in self.runner.jobs() if j.technique.name == self.state.technique]
+            name = self.state.technique_config().name
+            jobs = [j for j in self.runner.jobs() if j.technique.name == name]
         except (ValueError, KeyError):
             return None
         df = self.store.frame() if df is None else df
@@ -214,37 +301,54 @@ class Lab(w.VBox):
                 return match.to_dicts()[0]
         return None
 
-    def _detail(self, df=None) -> None:
-        from widgets.tokens import CurveView, ExitMapView, SpecStreamView
+    def views(self, row: dict) -> list:
+        """Each selected technique's detail view of `row`, where its declaration names one and the
+        row has what it draws (imported only now: explorer never imports Jupyter)."""
+        out = []
+        for name in self.state.chosen():
+            d = declaration(name)
+            cls = d.detail_view()
+            if cls is None:
+                continue
+            filters = {f.field: self.bounded(f, row) for f in d.filters}
+            try:
+                out.append(cls.from_row(row, **filters))
+            except (KeyError, TypeError, ValueError, IndexError):
+                continue  # this row lacks what the view draws (a run from before the view existed)
+        return out
 
+    def bounded(self, knob: Knob, row: dict):
+        """A filter's value, no higher than the row's own bound (k <= the n samples it drew)."""
+        value = getattr(self.state, knob.name, knob.default)
+        if knob.upto:
+            owner = next((k for d in declarations() for k in d.knobs if k.name == knob.upto), None)
+            top = row.get(f"knob_{owner.field}") if owner else None
+            if isinstance(top, (int, float)):
+                value = min(value, int(top))
+        return value
+
+    def _detail(self, df=None) -> None:
         row = self.current_row(df)
-        view = None
-        if row is not None and row.get("technique") == "early_exit" and row.get("exit_layers"):
-            view = ExitMapView.from_row(row)
-        elif row is not None and row.get("technique") == "sampling" and row.get("samples") is not None:
-            view = CurveView.from_row(row, k=min(self.state.k, int(row.get("knob_n") or 1)))
-        elif row is not None and row.get("technique") == "speculative" and row.get("spec_trace"):
-            view = SpecStreamView.from_row(row)
-        self.detail.children = [view] if view is not None else []
+        self.detail.children = self.views(row) if row is not None else []
 
     def _filtered(self, change) -> None:
         """A filter moved: say what it shows (no run starts); a run in flight keeps the status line."""
         if self.state.busy:
             return
         s = self.state
-        if change["name"] == "k":
-            s.status = f"k={s.k}: sampling points read from their stored samples, no new run"
+        if change["name"] not in ("budget", "cost_axis"):
+            s.status = f"{change['name']}={change['new']}: rows re-read from what is stored, no new run"
             return
         shown = [c for c in self._costs() if c is not None and c == c and c > 0]
         fits = sum(c <= s.budget for c in shown)
         limit = "no budget" if math.isinf(s.budget) else f"budget {s.budget:.3g} {s.cost_axis}"
         s.status = f"{limit}: {fits} of {len(shown)} runs fit, no new run"
 
-    def _k_moved(self, change) -> None:
-        # The k slider only moves the marker on stored curves: no run, no new view.
+    def _filter_moved(self, change) -> None:
+        # A declared filter (k) only moves the marker on stored curves: no run, no new view.
         for view in self.detail.children:
-            if hasattr(view, "k"):
-                view.k = change["new"]
+            if view.has_trait(change["name"]) if hasattr(view, "has_trait") else hasattr(view, change["name"]):
+                setattr(view, change["name"], change["new"])
 
     def _card(self, df=None) -> None:
         self.card.value = best_card(self.state, self.store, self._frame if df is None else df)

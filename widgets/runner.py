@@ -19,7 +19,7 @@ from explorer.executors import Failed, Job, try_job
 from explorer.store import Store
 from explorer.sweep import plan
 from explorer.techniques import Baseline
-from widgets.state import FILTERS, LabState
+from widgets.state import LabState
 
 REPEATS = 1  # one timed pass per live run: the lab favours a fast answer; sweeps can repeat
 
@@ -41,18 +41,16 @@ class Runner:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-runner")
         self.last: Future | None = None
         watched = [n for n in state.trait_names()
-                   if n not in FILTERS and n not in ("status", "busy", "progress", "selected")]
+                   if n not in state.filters() and n not in ("status", "busy", "progress", "selected")]
         state.observe(self._changed, names=watched)
         if autostart:
             self.schedule()
 
     def jobs(self) -> list[Job]:
-        """What the current selection shows: each chosen model as is, and under the technique."""
+        """What the current selection shows: each chosen model as is, and under the technique
+        (composed with the techniques stacked on it)."""
         s = self.state
-        techniques = [Baseline()]
-        if s.technique != "baseline":
-            techniques.append(s.technique_config())
-        return plan(s.models, s.task, techniques, n=s.n, seed=s.seed, repeats=REPEATS)
+        return plan(s.models, s.task, [Baseline(), s.technique_config()], n=s.n, seed=s.seed, repeats=REPEATS)
 
     def missing(self) -> list[Job]:
         have = self.store.hashes() | set(self.refused)

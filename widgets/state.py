@@ -5,6 +5,15 @@ runner (widgets/runner.py) asks the engine for runs. A value set from code is
 checked by the engine's own config classes (the same checks `explorer.run`
 makes); a bad one is refused, the previous value stays, and the reason goes to
 `status`.
+
+Nothing here names a technique. The knobs are read from the technique registry
+(each technique's `@technique(..., knobs=[...], filters=[...])` declaration):
+each knob becomes a trait named by the knob (`state.bits`, `state.threshold`),
+created when a `LabState` is made, so a technique registered before that, in
+any file, has its knobs here too. Techniques that declare a knob of the same
+name share it (draft length). `technique` is the selected technique and `stack`
+the techniques composed with it (quantize + sampling), checked by the engine's
+composition rules.
 """
 from __future__ import annotations
 
@@ -14,39 +23,42 @@ from typing import Any
 import traitlets as t
 
 import explorer as ex
+from explorer.compose import stack as compose_stack
+from explorer.metrics import COST_AXES
+from explorer.techniques import Declaration, Knob, declaration, declarations, techniques
 
-TECHNIQUES = ("baseline", "quantize", "early_exit", "speculative", "sampling")
-# Per problem prices repeated sampling honestly (k samples cost k times the tokens).
-COST_AXES = ("weight_bytes", "flops_per_problem_analytic", "flops_per_token_analytic", "wall_s_per_token", "wall_s")
-# Each technique knob and the technique whose config checks it.
-KNOB_OWNER = {"bits": "quantize", "format": "quantize", "group_size": "quantize",
-              "threshold": "early_exit",
-              "draft": "speculative", "draft_len": "speculative", "samples": "sampling"}
-# Each exit criterion's threshold scale for the lab's slider: (low, high, default).
-THRESHOLDS = {"max_prob": (0.5, 1.0, 0.9), "entropy": (0.0, 3.0, 0.5), "agreement": (1, 7, 2)}
-# Knobs that only filter what is shown: changing them never runs a model.
-FILTERS = ("budget", "cost_axis", "k")
+# Knobs of the lab itself that only filter what is shown: changing them never runs a model.
+# Each technique's declared filters (a read-at hook's knobs) are filters too: `LabState.filters()`.
+BASE_FILTERS = ("budget", "cost_axis")
+
+
+def knob_owners() -> dict[str, list[tuple[Declaration, Knob]]]:
+    """Each knob name a lab shows, with every technique that declares it (run knobs and filters)."""
+    out: dict[str, list[tuple[Declaration, Knob]]] = {}
+    for d in declarations():
+        for k in (*d.knobs, *d.filters):
+            out.setdefault(k.name, []).append((d, k))
+    return out
+
+
+def filter_names() -> tuple[str, ...]:
+    return BASE_FILTERS + tuple(dict.fromkeys(f.name for d in declarations() for f in d.filters))
+
+
+FILTERS = filter_names()  # as registered at import; LabState.filters() is always current
+
+
+def technique_names() -> list[str]:
+    return techniques.names()
 
 
 class LabState(t.HasTraits):
     models = t.List(t.Unicode(), default_value=list(ex.zoo.names()))
     task = t.Unicode("addition")
-    technique = t.Unicode("quantize")
+    technique = t.Unicode()  # default: the first technique registered after the baseline
+    stack = t.List(t.Unicode())  # techniques composed with `technique` (quantize + sampling)
     n = t.Int(64)
     seed = t.Int(0)
-    # quantize
-    bits = t.Int(8)
-    format = t.Unicode("int")
-    group_size = t.Int(0)  # 0: one scale per output channel
-    # early exit
-    criterion = t.Unicode("max_prob")
-    threshold = t.Float(0.9)
-    # speculative
-    draft = t.Unicode("zoo-xs")
-    draft_len = t.Int(4)
-    # repeated sampling: `samples` are drawn once, `k` only filters
-    samples = t.Int(16)
-    k = t.Int(16)  # every sample drawn; moving `samples` moves k with it when k was at the top
     # filters
     budget = t.Float(math.inf)
     cost_axis = t.Unicode("weight_bytes")
@@ -56,21 +68,62 @@ class LabState(t.HasTraits):
     progress = t.Float(0.0)
     selected = t.Dict()  # the row a user clicked on the frontier
 
+    def __new__(cls, *args, **kwargs):
+        # One trait per declared knob: the class is completed from the registry as it is now.
+        if cls is LabState:
+            cls = with_knobs()
+        return super().__new__(cls, *args, **kwargs)
+
+    def __init__(self, **kwargs: Any):
+        chosen = kwargs.get("technique", self.technique)
+        if "cost_axis" not in kwargs and chosen in techniques:
+            kwargs["cost_axis"] = declaration(chosen).axis  # the axis the selected technique moves
+        super().__init__(**kwargs)
+
+    @t.default("technique")
+    def _first_technique(self):
+        names = technique_names()
+        return names[1] if len(names) > 1 else names[0]
+
+    # ----- what the registry says -----------------------------------------------------
+
+    def knob_names(self) -> list[str]:
+        return [n for n in knob_owners() if n in self.trait_names()]
+
+    def filters(self) -> tuple[str, ...]:
+        return filter_names()
+
+    def chosen(self, **override: Any) -> list[str]:
+        """The selected technique and the ones stacked on it, by name."""
+        return [override.get("technique", self.technique), *override.get("stack", self.stack)]
+
+    def knob_values(self, name: str, **override: Any) -> dict[str, Any]:
+        """The lab's values of technique `name`'s knobs and filters, by knob name."""
+        d = declaration(name)
+        return {k.name: override.get(k.name, getattr(self, k.name, k.default)) for k in (*d.knobs, *d.filters)}
+
+    def configs(self) -> dict[str, Any]:
+        """Each registered technique's config at the lab's current knob values (None if invalid)."""
+        out = {}
+        for d in declarations():
+            try:
+                out[d.name] = d.config(**self.knob_values(d.name))
+            except (ValueError, TypeError):
+                out[d.name] = None
+        return out
+
     def technique_config(self, **override: Any):
-        """The engine's config for the selected technique (raises ValueError if invalid)."""
-        v = {name: override.get(name, getattr(self, name)) for name in self.trait_names()}
-        kind = v["technique"]
-        if kind == "baseline":
-            return ex.Baseline()
-        if kind == "quantize":
-            return ex.Quantize(bits=v["bits"], format=v["format"], group_size=v["group_size"] or None)
-        if kind == "early_exit":
-            return ex.EarlyExit(criterion=v["criterion"], threshold=v["threshold"])
-        if kind == "speculative":
-            return ex.Speculative(draft=v["draft"], draft_len=v["draft_len"])
-        if kind == "sampling":
-            return ex.Sampling(n=v["samples"], temperature=1.0)
-        raise ValueError(f"technique={kind!r}; valid: {', '.join(TECHNIQUES)}")
+        """The engine's config for the selection: the technique, composed with the stack
+        (raises ValueError if invalid)."""
+        parts = [declaration(n).config(**self.knob_values(n, **override)) for n in self.chosen(**override)]
+        return compose_stack(*parts)
+
+    def filter_values(self, name: str | None = None) -> dict[str, Any]:
+        """Current values of the declared filters (of technique `name`, or of all), by filter name."""
+        ds = [declaration(name)] if name else declarations()
+        return {f.name: getattr(self, f.name, f.default) for d in ds for f in d.filters}
+
+    # ----- checks ---------------------------------------------------------------------
 
     def refuse(self, name: str, value: Any, reason: str) -> None:
         self.status = f"refused {name}={value!r}: {reason}"
@@ -84,38 +137,46 @@ class LabState(t.HasTraits):
             return getattr(self, name)  # keep the previous value
         return value
 
-    @t.validate("criterion")
-    def _v_criterion(self, proposal):
-        # Checked with that criterion's own default threshold; the observer below moves the
-        # threshold onto the new criterion's scale (agreement counts layers, entropy is in nats).
-        return self._checked(proposal, lambda value: self.technique_config(
-            technique="early_exit", criterion=value, threshold=THRESHOLDS.get(value, (0, 1, 0.9))[2]))
+    def _check_knob(self, name: str, value: Any) -> None:
+        # Checked against every technique that declares it, even one not selected now, so a
+        # value set now is valid when the user switches to that technique.
+        for d, knob in knob_owners().get(name, []):
+            if knob in d.filters:
+                self._check_filter(knob, value)
+                continue
+            values = self.knob_values(d.name, **{name: value})
+            for other in d.knobs:  # a knob on the scale of this one is checked at that scale's default
+                if other.scale_by == knob.field and value in other.scales:
+                    lo, hi, default, *_ = other.scales[value]
+                    if not in_scale(values[other.name], other.scales[value]):
+                        values[other.name] = default
+            d.config(**values)
 
-    @t.observe("criterion")
-    def _criterion_moved(self, change):
-        lo, hi, default = THRESHOLDS[change["new"]]
-        if not lo <= self.threshold <= hi or (change["new"] == "agreement") != float(self.threshold).is_integer():
-            self.threshold = default
+    def _check_filter(self, knob: Knob, value: Any) -> None:
+        lo = knob.range[0] if knob.range else -math.inf
+        hi = getattr(self, knob.upto) if knob.upto else (knob.range[1] if knob.range else math.inf)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
+            bound = f"the {hi} {knob.upto} drawn" if knob.upto else hi
+            raise ValueError(f"{knob.name} must be between {lo} and {bound}")
 
-    @t.validate(*KNOB_OWNER)
     def _v_knob(self, proposal):
-        # Checked against its own technique even when another one is selected,
-        # so a value set now is valid when the user switches to that technique.
         name = proposal["trait"].name
-        return self._checked(
-            proposal, lambda value: self.technique_config(technique=KNOB_OWNER[name], **{name: value}))
+        return self._checked(proposal, lambda value: self._check_knob(name, value))
 
-    @t.validate("k")
-    def _v_k(self, proposal):
-        def check(k):
-            if not 1 <= k <= self.samples:
-                raise ValueError(f"k must be between 1 and the {self.samples} samples drawn")
-        return self._checked(proposal, check)
-
-    @t.observe("samples")
-    def _samples_moved(self, change):
-        if self.k == change["old"] or self.k > change["new"]:
-            self.k = change["new"]
+    def _knob_moved(self, change) -> None:
+        name = change["name"]
+        for d, knob in knob_owners().get(name, []):
+            for other in (*d.knobs, *d.filters):
+                # a knob on this one's scale moves onto the new scale (agreement counts layers)
+                if other.scale_by == knob.field and change["new"] in other.scales:
+                    scale = other.scales[change["new"]]
+                    if not in_scale(getattr(self, other.name), scale):
+                        setattr(self, other.name, scale[2])
+                # a filter bounded by this knob follows it (k was at the top: stays at the top)
+                if other.upto == name:
+                    current = getattr(self, other.name)
+                    if current == change["old"] or current > change["new"]:
+                        setattr(self, other.name, change["new"])
 
     @t.validate("budget")
     def _v_budget(self, proposal):
@@ -133,7 +194,29 @@ class LabState(t.HasTraits):
 
     @t.validate("technique")
     def _v_technique(self, proposal):
-        return self._checked(proposal, lambda value: self.technique_config(technique=value))
+        return self._checked(proposal, lambda value: self.technique_config(technique=value, stack=[]))
+
+    @t.observe("technique")
+    def _technique_moved(self, change):
+        # Keep what still composes with the new technique; say what was dropped.
+        kept: list[str] = []
+        for name in self.stack:
+            try:
+                if name != change["new"]:
+                    self.technique_config(stack=[*kept, name])
+                    kept.append(name)
+            except (ValueError, KeyError, TypeError):
+                pass
+        if kept != list(self.stack):
+            self.stack = kept
+
+    @t.validate("stack")
+    def _v_stack(self, proposal):
+        def check(names):
+            if self.technique in names:
+                raise ValueError(f"{self.technique} is the technique itself; stack others on it")
+            self.technique_config(stack=list(names))
+        return self._checked(proposal, check)
 
     @t.validate("task")
     def _v_task(self, proposal):
@@ -149,3 +232,30 @@ class LabState(t.HasTraits):
     @t.validate("n")
     def _v_n(self, proposal):
         return self._checked(proposal, ex.tasks.check_n)
+
+
+def in_scale(value: Any, scale: tuple) -> bool:
+    lo, hi, _default, *step = scale
+    integer = bool(step) and float(step[0]).is_integer()
+    return (isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value <= hi
+            and (not integer or float(value).is_integer()))
+
+
+_classes: dict[tuple, type] = {}
+
+
+def with_knobs() -> type:
+    """`LabState` with one trait per declared knob and filter, its checks and observers
+    (made once per state of the registry)."""
+    owners = knob_owners()
+    key = tuple(id(d) for d in declarations())
+    if key not in _classes:
+        names = [n for n in owners if n not in LabState.class_trait_names()]
+        namespace: dict[str, Any] = {name: t.Any(owners[name][0][1].default) for name in names}
+        if names:
+            namespace["_v_knob"] = t.validate(*names)(LabState._v_knob)
+            namespace["_knob_moved"] = t.observe(*names)(LabState._knob_moved)
+        namespace["__module__"] = __name__
+        namespace["__qualname__"] = "LabState"
+        _classes[key] = type("LabState", (LabState,), namespace)
+    return _classes[key]

@@ -8,6 +8,8 @@ hashable and feeds `config_hash`) with hooks that `explorer.run` calls:
 - `generate(model, prompts, max_new_tokens=, seed=) -> Generation`: decode a batch; `seed` is
   one seed per prompt (`explorer.generate.example_seed`), or a run seed that row i
   turns into `example_seed(seed, i)`: a prompt's samples never depend on its batch;
+- `prepare_for(model, task) -> Model`: what `explorer.run` calls; `prepare(model)` unless the
+  technique needs the task too (a calibration batch drawn from it: Prune's Wanda scores);
 - `columns(model, generations) -> dict`: the technique's own measurements over
   the list of batch generations;
 - `variant_columns(model) -> dict`: measurements of the prepared model itself,
@@ -67,6 +69,10 @@ class Technique:
         """Models this configuration runs besides the target (a draft), by name: the fingerprint of
         their weights goes into the row's key, so changed weights never reuse an old row."""
         return []
+
+    def prepare_for(self, model, task):
+        """The variant to run on `task`: `prepare(model)`, unless the technique calibrates on the task."""
+        return self.prepare(model)
 
     def generate(self, model, prompts: list[str], *, max_new_tokens: int, seed: int):
         from explorer.generate import generate
@@ -206,7 +212,7 @@ def check_roles(cls: type, declared: Iterable[str]) -> None:
     if bad:
         raise ValueError(f"technique {cls.__name__}: unknown role {', '.join(map(repr, bad))}; valid: {', '.join(ROLES)}")
     owns = {"generate": cls.generate is not Technique.generate, "evaluate": cls.evaluate is not Technique.evaluate,
-            "prepare": cls.prepare is not Technique.prepare}
+            "prepare": cls.prepare is not Technique.prepare or cls.prepare_for is not Technique.prepare_for}
     problems = []
     if owns["generate"] != (DECODES in declared):
         problems.append(f"it {'overrides' if owns['generate'] else 'does not override'} generate, so "
