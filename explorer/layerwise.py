@@ -17,15 +17,25 @@ layer computes only its key and value projections from it (input norm, K and V
 matmuls, rotary), no query, attention, output projection or MLP. On the zoo's
 Llama shape (MLP 8/3 of the width) that is 1/6 of a layer's matmul FLOPs.
 Because every skipped layer reads the same frozen state, all of them are filled
-at once, when the token leaves: one RMS normalisation, one batched matmul
-against every layer's K and V weights (pre-multiplied by that layer's norm
-weight, `KVFill`), one rotary. At these sizes time goes to per-operation
-overhead more than to arithmetic, so one fill per exit instead of one per
-skipped layer is what lets the time saved follow the FLOPs saved. Its time is
-measured (`kv_fill_s`).
+at once: one RMS normalisation, one batched matmul against every layer's K and
+V weights (pre-multiplied by that layer's norm weight, `KVFill`), one rotary.
+And since no row reads another row's keys, the fill waits for the end of the
+step and serves every row that exited in it with that one matmul. At these
+sizes time goes to per-operation overhead and weight reads more than to
+arithmetic, so one fill per step instead of one per skipped layer (or per exit)
+is what lets the time saved follow the FLOPs saved. Its time is measured
+(`kv_fill_s`).
 
 Rows whose input is the end-of-sequence token have finished (the shared loop
 feeds them that token after they stop) and are not run at all.
+
+Each decode layer call runs as plain tensor operations (`FastLayer`): one fused
+Q/K/V matmul, one fused gate/up matmul, SDPA, no module dispatch. A layer called
+on a few rows costs mostly fixed overhead, and early exit calls deep layers on few
+rows: transformers' decoder layer spent about 130 us per call here beyond its
+arithmetic, which at batch 64 kept the wall-clock saving at about half the FLOPs
+saving. Its outputs equal the transformers layer's (tested); a model whose
+projections are not plain Linear (a quantized kernel) runs transformers' layer.
 """
 from __future__ import annotations
 
@@ -77,8 +87,11 @@ class ExitStats:
     steps: list[torch.Tensor] = field(default_factory=list)
     prompt_tokens: list[int] = field(default_factory=list)
     kv_fill_s: float = 0.0
+    layer_rows: list[int] = field(default_factory=list)  # per layer: rows it ran on, summed over decode steps
     decode_s: float = 0.0  # every call: the prompt's prefill and every position decoded
     first_s: float = 0.0  # the first call: the prefill and the first generated token
+    decode_cpu_s: float = 0.0  # the same two in this thread's CPU time (robust to a loaded machine)
+    first_cpu_s: float = 0.0
 
     def per_row(self) -> list[list[int]]:
         """Exit layer of each token each row decoded, in order (end-of-sequence included)."""
@@ -89,47 +102,60 @@ class ExitStats:
 
 
 class KVCache:
-    """Keys and values, one contiguous (batch, kv heads, positions, head dim) tensor per layer.
+    """Keys and values, one preallocated (batch, kv heads, capacity, head dim) buffer per layer.
 
-    Each step opens a new column for every layer (`open`); the K/V fill writes
-    the rows that left into it for many layers at once; a layer, when it runs,
-    adds its running rows and appends the column (`append`, a concatenation as
-    transformers' DynamicCache does, which keeps attention's inputs contiguous:
-    a preallocated buffer's strided views made attention twice as slow at batch
-    64); `close` appends the columns of layers no row ran.
+    Each step writes one new column (position `length`) per layer: a layer that
+    runs writes its running rows' keys and values (`append`) and attends over
+    the columns so far; the K/V fill writes the rows that exited below it
+    (`write`); `close` moves to the next position. Nothing is copied per step
+    for a layer no row runs, so the cache's cost follows the rows that run (a
+    concatenation per layer and step, as transformers' DynamicCache does,
+    copied every row's cache at every layer: at batch 64 that was a tenth of a
+    step and early exit saved none of it). All rows running attend over a
+    strided view of the buffer; a subset gathers its rows (contiguous). The
+    buffers double when full.
     """
 
-    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor]):
-        self.keys, self.values = keys, values
-        self.length = keys[0].shape[2]
-        self.new_keys = self.new_values = None
-        self.appended: list[bool] = []
+    def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], spare: int = 32):
+        b, h, t, d = keys[0].shape
+        self.length = t
+        self.keys = [self._buffer(k, t + spare) for k in keys]
+        self.values = [self._buffer(v, t + spare) for v in values]
+
+    @staticmethod
+    def _buffer(x: torch.Tensor, capacity: int) -> torch.Tensor:
+        b, h, t, d = x.shape
+        # Uninitialised beyond t: a live row's column is written (by its layer or the fill) before it
+        # is read; a finished row's is never read again.
+        buf = x.new_empty(b, h, capacity, d)
+        buf[:, :, :t] = x
+        return buf
 
     def open(self) -> None:
-        b, h, _, d = self.keys[0].shape
-        # Uninitialised: a live row's column is written (by its layer or the fill) before it
-        # is read; a finished row's is never read again.
-        self.new_keys = self.keys[0].new_empty(len(self.keys), b, h, 1, d)
-        self.new_values = self.values[0].new_empty(len(self.keys), b, h, 1, d)
-        self.appended = [False] * len(self.keys)
+        capacity = self.keys[0].shape[2]
+        if self.length + 1 > capacity:
+            self.keys = [self._buffer(k[:, :, : self.length], 2 * capacity) for k in self.keys]
+            self.values = [self._buffer(v[:, :, : self.length], 2 * capacity) for v in self.values]
 
     def append(self, layer: int, rows: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor):
-        """Add the running rows' keys and values at this layer; return theirs over every position."""
-        nk, nv = (k, v) if rows is None else (self.new_keys[layer], self.new_values[layer])
-        if rows is not None:
-            nk[rows], nv[rows] = k, v
-        self.keys[layer] = torch.cat([self.keys[layer], nk], 2)
-        self.values[layer] = torch.cat([self.values[layer], nv], 2)
-        self.appended[layer] = True
+        """Write the running rows' keys and values (rows, heads, 1, head dim) at this layer; return
+        theirs over every position so far."""
+        t = self.length
+        kb, vb = self.keys[layer], self.values[layer]
         if rows is None:
-            return self.keys[layer], self.values[layer]
-        return self.keys[layer][rows], self.values[layer][rows]
+            kb[:, :, t] = k[:, :, 0]
+            vb[:, :, t] = v[:, :, 0]
+            return kb[:, :, : t + 1], vb[:, :, : t + 1]
+        kb[rows, :, t] = k[:, :, 0]
+        vb[rows, :, t] = v[:, :, 0]
+        return kb[:, :, : t + 1][rows], vb[:, :, : t + 1][rows]
+
+    def write(self, layer: int, rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """The fill: keys and values (rows, heads, head dim) of rows that did not run this layer."""
+        self.keys[layer][rows, :, self.length] = k
+        self.values[layer][rows, :, self.length] = v
 
     def close(self) -> None:
-        for j, done in enumerate(self.appended):
-            if not done:
-                self.keys[j] = torch.cat([self.keys[j], self.new_keys[j]], 2)
-                self.values[j] = torch.cat([self.values[j], self.new_values[j]], 2)
         self.length += 1
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
@@ -222,11 +248,14 @@ class ExitingModel:
         if hf not in _FILLS:
             _FILLS[hf] = kv_fill(hf)
         self.kv = _FILLS[hf]
-        self.stats = ExitStats()
+        if hf not in _FAST:
+            _FAST[hf] = fast_layers(hf)
+        self.fast = _FAST[hf]  # None: transformers' own layers
+        self.stats = ExitStats(layer_rows=[0] * depth)
 
     @torch.inference_mode()
     def __call__(self, *, input_ids, attention_mask, position_ids, cache=None, **_) -> Output:
-        start, first = time.perf_counter(), cache is None
+        start, cpu, first = time.perf_counter(), time.thread_time(), cache is None
         if first:
             cache = self.prefill(input_ids, attention_mask, position_ids)
             live = torch.ones(input_ids.shape[0], dtype=torch.bool)
@@ -234,9 +263,11 @@ class ExitingModel:
         else:
             live = input_ids[:, 0] != self.eos  # finished rows: the loop feeds them end-of-sequence
         logits = self.step(input_ids, attention_mask, position_ids, cache, live)
-        took = time.perf_counter() - start
+        took, took_cpu = time.perf_counter() - start, time.thread_time() - cpu
         self.stats.decode_s += took
         self.stats.first_s += took if first else 0.0
+        self.stats.decode_cpu_s += took_cpu
+        self.stats.first_cpu_s += took_cpu if first else 0.0
         return Output(logits[:, None], cache)
 
     def prefill(self, ids, mask, pos) -> KVCache:
@@ -273,11 +304,17 @@ class ExitingModel:
         top = torch.full((batch if rows is None else rows.numel(),), -1, dtype=torch.long)
         streak = torch.zeros_like(top)
         first = self.rule.first_head()
+        pending = []  # exits of this step whose upper layers' keys and values are still owed
         for i, layer in enumerate(self.layers):
             if top.numel() == 0:
                 break
-            run.h = layer(run.h, attention_mask=run.mask, position_embeddings=(run.cos, run.sin),
-                          position_ids=run.pos, cache=RowsView(cache, rows), use_cache=True)
+            view = RowsView(cache, rows)
+            if self.fast is not None:
+                run.h = self.fast[i](run.h, run.cos, run.sin, run.mask, view)
+            else:
+                run.h = layer(run.h, attention_mask=run.mask, position_embeddings=(run.cos, run.sin),
+                              position_ids=run.pos, cache=view, use_cache=True)
+            self.stats.layer_rows[i] += run.h.shape[0]
             if i + 1 < first:
                 continue
             logits = self.hf.lm_head(inner.norm(run.h[:, 0]))
@@ -288,10 +325,12 @@ class ExitingModel:
             out_logits[gone] = logits[go]
             exit_at[gone] = i + 1
             if i + 1 < depth:
-                self.fill(gone, run.h[go, 0], run.cos[go], run.sin[go], i + 1, cache)
+                pending.append((gone, run.h[go, 0], run.cos[go], run.sin[go], i + 1))
             stay = (~go).nonzero()[:, 0]
             rows = stay if rows is None else rows[stay]
             run, top, streak = run.take(stay), top[stay], streak[stay]
+        if pending:
+            self.fill(pending, cache)
         cache.close()
         self.stats.steps.append(exit_at)
         return out_logits
@@ -306,21 +345,38 @@ class ExitingModel:
             return None, top, streak
         return self.rule.leave(logits, streak), top, streak
 
-    def fill(self, rows, x, cos, sin, first: int, cache: KVCache) -> None:
-        """CALM state propagation: keys and values of layers `first`.. from the rows' exit states x."""
+    def fill(self, pending: list, cache: KVCache) -> None:
+        """CALM state propagation, once per step: each exited row's keys and values above its exit layer.
+
+        `pending` holds, per exit event of this step, (rows, their exit states,
+        cos, sin, first layer to fill). A row's position is never read by another
+        row, so the fill can wait until every running row has finished the step;
+        then all exited rows share one matmul against the K/V weights of every
+        layer from the lowest exit up (reading those weights once per step rather
+        than once per exit event), and each layer's new column takes the rows
+        that exited below it.
+        """
         start = time.perf_counter()
+        rows = torch.cat([p[0] for p in pending])
+        x, cos, sin = (torch.cat([p[k] for p in pending]) for k in (1, 2, 3))
+        firsts = torch.cat([torch.full((len(p[0]),), p[4]) for p in pending])
+        first, depth = pending[0][4], len(self.layers)  # events come in layer order: the lowest first
         if self.kv is not None:
-            k, v = self.kv(x, first, cos[:, 0], sin[:, 0])
-            cache.new_keys[first:, rows, :, 0] = k
-            cache.new_values[first:, rows, :, 0] = v
-        else:  # layers whose projections are not plain Linear (a quantized kernel): one at a time
-            for j in range(first, len(self.layers)):
-                layer = self.layers[j]
-                attn, xn = layer.self_attn, layer.input_layernorm(x[:, None])
-                k = attn.k_proj(xn).unflatten(-1, (-1, attn.head_dim))[:, 0]  # (rows, kv heads, head dim)
-                k = k * cos + rotate_half(k) * sin
-                cache.new_keys[j, rows, :, 0] = k
-                cache.new_values[j, rows, :, 0] = attn.v_proj(xn).unflatten(-1, (-1, attn.head_dim))[:, 0]
+            k, v = self.kv(x, first, cos[:, 0], sin[:, 0])  # (layers from first, rows, kv heads, head dim)
+        for j in range(first, depth):
+            need = firsts <= j
+            every = bool(need.all())
+            at = rows if every else rows[need]
+            if self.kv is not None:
+                kj, vj = (k[j - first], v[j - first]) if every else (k[j - first, need], v[j - first, need])
+            else:  # projections that are not plain Linear (a quantized kernel): this layer's own modules
+                attn, xs = self.layers[j].self_attn, x if every else x[need]
+                xn = self.layers[j].input_layernorm(xs[:, None])
+                kj = attn.k_proj(xn).unflatten(-1, (-1, attn.head_dim))[:, 0]  # (rows, kv heads, head dim)
+                c, s_ = (cos, sin) if every else (cos[need], sin[need])
+                kj = kj * c + rotate_half(kj) * s_
+                vj = attn.v_proj(xn).unflatten(-1, (-1, attn.head_dim))[:, 0]
+            cache.write(j, at, kj, vj)
         self.stats.kv_fill_s += time.perf_counter() - start
 
 
@@ -339,6 +395,82 @@ class State:
             return self
         return State(self.h[idx], self.cos[idx], self.sin[idx], self.pos[idx],
                      None if self.mask is None else self.mask[idx])
+
+
+class FastLayer:
+    """One Llama decoder layer on one new position per row, as plain tensor operations.
+
+    The same arithmetic as transformers' LlamaDecoderLayer (RMSNorm in float32,
+    rotary, SDPA, SiLU-gated MLP) with Q/K/V and gate/up each fused into one
+    matmul (weights concatenated once, per model). Called with the rows' states
+    (rows, 1, width), their rotary cos/sin (rows, 1, head dim), an attention mask
+    or None, and the cache view whose `update` takes this position's keys and values.
+    """
+
+    def __init__(self, layer, index: int):
+        a, mlp = layer.self_attn, layer.mlp
+        self.index = index
+        self.heads = a.config.num_attention_heads
+        self.kv_heads = a.config.num_key_value_heads or self.heads
+        self.head_dim, self.scaling = a.head_dim, a.scaling
+        self.qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
+        self.qkv_bias = (None if a.q_proj.bias is None else
+                         torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).detach())
+        self.o = a.o_proj.weight.detach()
+        self.gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
+        self.down = mlp.down_proj.weight.detach()
+        self.norm1, self.eps1 = layer.input_layernorm.weight.detach(), layer.input_layernorm.variance_epsilon
+        self.norm2 = layer.post_attention_layernorm.weight.detach()
+        self.eps2 = layer.post_attention_layernorm.variance_epsilon
+
+    def __call__(self, h, cos, sin, mask, cache) -> torch.Tensor:
+        rows, hd = h.shape[0], self.head_dim
+        qkv = torch.nn.functional.linear(rms_norm(h, self.norm1, self.eps1), self.qkv, self.qkv_bias)
+        qkv = qkv.view(rows, 1, self.heads + 2 * self.kv_heads, hd).transpose(1, 2)
+        qk, v = qkv.split([self.heads + self.kv_heads, self.kv_heads], 1)
+        qk = qk * cos[:, None] + rotate_half(qk) * sin[:, None]  # rotary on queries and keys at once
+        q, k = qk.split([self.heads, self.kv_heads], 1)
+        k, v = cache.update(k, v, self.index)
+        # One query per row: attention is two small matmuls and a softmax, written out. On a strided
+        # cache view that is faster here than SDPA's CPU kernel (79 against 129 us at batch 64).
+        # Grouped-query heads attend as (kv heads, group) without repeating the keys.
+        q = q.reshape(rows, self.kv_heads, self.heads // self.kv_heads, hd)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling  # (rows, kv heads, group, positions)
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        o = torch.matmul(scores.softmax(-1), v)  # (rows, kv heads, group, head dim)
+        h = h + torch.nn.functional.linear(o.reshape(rows, 1, self.heads * hd), self.o)
+        gate, up = torch.nn.functional.linear(rms_norm(h, self.norm2, self.eps2), self.gate_up).chunk(2, -1)
+        return h + torch.nn.functional.linear(torch.nn.functional.silu(gate) * up, self.down)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """LlamaRMSNorm: normalise in float32, back to the input's dtype, then scale."""
+    xf = x.float()
+    return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+# Fused decode layers per model, built once (None: the model needs transformers' own layers).
+_FAST: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def fast_layers(hf) -> list[FastLayer] | None:
+    """`FastLayer`s for a Llama stack of plain Linear projections with SiLU MLPs; else None."""
+    linear = torch.nn.Linear
+    if getattr(hf.config, "hidden_act", None) != "silu" or hf.config._attn_implementation != "sdpa":
+        return None
+    for layer in hf.model.layers:
+        a, mlp = layer.self_attn, getattr(layer, "mlp", None)
+        projs = [getattr(a, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
+        projs += [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
+        if not all(type(p) is linear for p in projs) or any(p.bias is not None for p in projs[3:]):
+            return None
+        if len({p.bias is None for p in projs[:3]}) > 1 or hasattr(a, "q_norm") or getattr(a, "sliding_window", None):
+            return None
+        if not all(hasattr(n, "weight") and hasattr(n, "variance_epsilon")
+                   for n in (layer.input_layernorm, layer.post_attention_layernorm)):
+            return None
+    return [FastLayer(layer, i) for i, layer in enumerate(hf.model.layers)]
 
 
 def agree(logits, top, streak) -> tuple[torch.Tensor, torch.Tensor]:

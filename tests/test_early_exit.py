@@ -63,19 +63,33 @@ def count_calls(modules):
 def test_always_exiting_runs_only_the_first_min_layers(mid_model):
     layers = mid_model.hf.model.layers
     depth, k = len(layers), 2
-    calls, h1 = count_calls(list(layers))
-    mlps, h2 = count_calls([layer.mlp for layer in layers])
-    queries, h3 = count_calls([layer.self_attn.q_proj for layer in layers])
+    calls, h1 = count_calls(list(layers))  # transformers' layers run the prompt's prefill only
     try:
         g = decode(mid_model, ex.EarlyExit("max_prob", 0.0, min_layers=k), prompts(4), max_new_tokens=8)
     finally:
-        for h in h1 + h2 + h3:
+        for h in h1:
             h.remove()
-    steps = g.steps + 1  # decode calls, plus the prompt's last position
-    # Every layer runs once over the prompt (prefill); above min_layers, never again.
-    assert calls == [1 + steps] * k + [1] * (depth - k)
-    assert mlps == calls and queries == calls
+    assert calls == [1] * depth
+    # Decode positions (every step, plus the prompt's last position) ran layers 1..k on the live rows only.
+    decoded = sum(len(row) for row in g.exits.per_row())
+    assert g.exits.layer_rows == [decoded] * k + [0] * (depth - k)
     assert {e for row in g.exits.per_row() for e in row} == {k}
+
+
+@pytest.mark.parametrize("threshold", [1.0, 0.7])
+def test_the_fused_decode_layers_give_what_transformers_layers_give(mid_model, threshold):
+    from explorer.layerwise import ExitingModel
+
+    ps, rule = prompts(6, seed=5), ex.EarlyExit("max_prob", threshold).rule()
+    fast = ExitingModel(mid_model.hf, rule, mid_model.tokenizer.eos_token_id)
+    assert fast.fast is not None  # a plain Llama: the fused layers run
+    slow = ExitingModel(mid_model.hf, rule, mid_model.tokenizer.eos_token_id)
+    slow.fast = None  # transformers' LlamaDecoderLayer, as a quantized model gets
+    a = generate(fast, mid_model.tokenizer, ps, max_new_tokens=16)
+    b = generate(slow, mid_model.tokenizer, ps, max_new_tokens=16)
+    assert a.tokens == b.tokens and fast.stats.per_row() == slow.stats.per_row()
+    assert a.logprobs == pytest.approx(b.logprobs, abs=1e-5)
+    assert fast.stats.layer_rows == slow.stats.layer_rows
 
 
 def test_exit_layers_are_kept_only_for_tokens_a_row_decoded(small):
@@ -290,3 +304,37 @@ def test_a_bad_exit_layer_is_refused(small):
         SelfSpeculative(exit_layer=0)
     with pytest.raises(ValueError, match=r"SelfSpeculative.exit_layer=2; this model has 2 layers, so valid is 1\.\.1"):
         ex.run(small, "addition", SelfSpeculative(exit_layer=2), n=2, repeats=1)
+
+
+def test_the_fused_layers_handle_grouped_query_attention_and_padding():
+    """SmolLM2's shape (fewer K/V heads than query heads), on a small random Llama: fused equals transformers'."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from explorer.layerwise import ExitingModel, ExitRule
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                         num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64,
+                         attn_implementation="sdpa")
+    hf = LlamaForCausalLM(config).eval()
+    with torch.no_grad():
+        hf.lm_head.weight.mul_(40)  # confident predictions, so rows leave at different layers
+    ids = torch.randint(3, 64, (3, 7))
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0  # left padding on one row
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    out = {}
+    for fused in (True, False):
+        model = ExitingModel(hf, ExitRule("max_prob", 0.8, 1), eos_token_id=-1)  # no row ends
+        assert model.fast is not None
+        if not fused:
+            model.fast = None
+        first = model(input_ids=ids, attention_mask=mask, position_ids=pos)
+        m2 = torch.cat([mask, torch.ones(3, 1, dtype=mask.dtype)], 1)
+        nxt = first.logits[:, -1].argmax(-1, keepdim=True)
+        second = model(input_ids=nxt, attention_mask=m2, position_ids=pos[:, -1:] + 1, cache=first.cache)
+        out[fused] = (first.logits, second.logits, model.stats.per_row())
+    assert torch.allclose(out[True][0], out[False][0], atol=1e-5)
+    assert torch.allclose(out[True][1], out[False][1], atol=1e-5)
+    assert out[True][2] == out[False][2]
+    assert len({e for row in out[True][2] for e in row}) == 3  # exits at every layer: fill and gathers ran
