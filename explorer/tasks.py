@@ -379,10 +379,11 @@ def _operands(rng: random.Random, d: int) -> tuple[int, int]:
     return (a, b) if rng.random() < 0.5 else (b, a)
 
 
-def _arithmetic(sign: str, max_new_tokens: int) -> dict[str, Format]:
+def _arithmetic(sign: str, max_new_tokens: int, pad_b: bool = True) -> dict[str, Format]:
     def zoo_prompt(p):
         a, b = p.values
-        return f"{_rev(a, WIDTH)}{sign}{_rev(b, WIDTH)}="
+        # The zoo learned multiplication's one-digit factor unpadded ("32100*4="), as it was trained.
+        return f"{_rev(a, WIDTH)}{sign}{_rev(b, WIDTH) if pad_b else b}="
 
     return {
         ZOO: Format(zoo_prompt, lambda p: _rev(p.result, max_new_tokens - 1), "exact", max_new_tokens),
@@ -406,7 +407,7 @@ def subtraction(rng: random.Random, d: int) -> Problem:
 
 
 @task("multiplication", "a*b, a of 1 to 5 digits, b one digit (difficulty = digits of a)",
-      difficulties=(1, 2, 3, 4, 5), formats=_arithmetic("*", WIDTH + 2))
+      difficulties=(1, 2, 3, 4, 5), formats=_arithmetic("*", WIDTH + 2, pad_b=False))
 def multiplication(rng: random.Random, d: int) -> Problem:
     a, b = _digits(rng, d), rng.randint(0, 9)
     return Problem(f"{a}*{b}", d, (a, b), a * b)

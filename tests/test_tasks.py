@@ -183,3 +183,14 @@ def test_a_jsonl_file_is_a_task(tmp_path):
 def test_a_format_a_task_does_not_offer_is_refused():
     with pytest.raises(ValueError, match="format='latex' for task 'addition'; it offers: zoo, natural"):
         T.get("addition").with_format("latex")
+
+
+def test_multiplication_keeps_the_zoo_format_it_was_trained_on():
+    # The zoo learned "a reversed and padded to 5 digits, times one unpadded digit" ("40000*4=" for 4*4);
+    # padding the digit too ("40000*40000=") took zoo-l from 0.58 to 0.00 on this task.
+    import re
+
+    from explorer import tasks as T
+
+    for e in T.get("multiplication").examples(50, seed=7):
+        assert re.fullmatch(r"\d{5}\*\d=", e.prompt), e.prompt
