@@ -5,18 +5,103 @@ import argparse
 import json
 import sys
 
+from explorer.tasks import MAX_N
+
+
+class UsageError(Exception):
+    """A mistake on the command line: reported in one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line naming it and where help is, and main() returns 2
+    (argparse itself prints the whole usage block and exits the process)."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def bounded_int(name: str, low: int, high: int | None = None, what: str = ""):
+    """An argparse type: an integer in [low, high], refused by name otherwise."""
+    def parse(text: str) -> int:
+        valid = (f"an integer from {low:,} to {high:,}" if high is not None and high < 2**62
+                 else "a non-negative integer" if low == 0 else f"an integer >= {low}")
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give {valid}{what}") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"{text} is out of range; give {valid}{what}")
+        return value
+    return parse
+
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="explorer", description="Trade-off Explorer: accuracy versus cost of inference")
-    sub = p.add_subparsers(dest="cmd", required=True)
+    """Run one command. A user's mistake prints one line `explorer: error: <what>; <fix>` and returns 2."""
+    import os
+    import warnings
+
+    # Warnings (a skipped store file, a reused measurement) as one plain line each, not source code.
+    before = warnings.formatwarning
+    warnings.formatwarning = lambda message, category, *_a, **_k: f"explorer: warning: {message}\n"
+    try:
+        args = parser().parse_args(argv)
+        return COMMANDS[(args.cmd, getattr(args, "zcmd", None))](args)
+    except UsageError as err:
+        return fail(str(err))
+    except KeyboardInterrupt:
+        print("explorer: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - sorted below: a user's mistake, or a bug
+        message = user_error(err)
+        if message is None or os.environ.get("EXPLORER_DEBUG"):
+            raise
+        return fail(message)
+    finally:
+        warnings.formatwarning = before
+
+
+def fail(message: str) -> int:
+    print(f"explorer: error: {message}", file=sys.stderr)
+    return 2
+
+
+def user_error(err: BaseException) -> str | None:
+    """The one-line message for an error a user can fix, or None for a bug (which keeps its traceback)."""
+    try:
+        import yaml
+
+        yaml_errors: tuple = (yaml.YAMLError,)
+    except ImportError:  # pragma: no cover
+        yaml_errors = ()
+    try:
+        import tomllib
+    except ImportError:  # pragma: no cover - Python 3.10
+        import tomli as tomllib
+    if isinstance(err, KeyError):
+        return str(err.args[0]) if err.args else "unknown name"
+    if isinstance(err, (ValueError, TypeError, LookupError)):
+        return str(err)
+    if isinstance(err, yaml_errors + (tomllib.TOMLDecodeError,)):
+        return f"sweep file syntax: {' '.join(str(err).split())}"
+    if isinstance(err, OSError):  # permissions, missing folders, full disks: name the path and the fix
+        where = f" {err.filename!r}" if getattr(err, "filename", None) else ""
+        if err.strerror and where:
+            return f"{err.strerror}:{where}; give a path that exists and that you may use"
+        return str(err)
+    return None
+
+
+def parser() -> Parser:
+    p = Parser(prog="explorer", description="Trade-off Explorer: accuracy versus cost of inference")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
 
     r = sub.add_parser("run", help="run one model on one task and print the result row")
     r.add_argument("--model", default="zoo-m", help="zoo name, local folder or Hugging Face id")
     from explorer import tasks as T
 
     r.add_argument("--task", default="addition", choices=T.names(), help="a registered task")
-    r.add_argument("-n", type=int, default=200, help="number of examples")
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("-n", type=N, default=200, help=f"number of examples (1 to {MAX_N:,})")
+    r.add_argument("--seed", type=SEED, default=0, help="a non-negative integer")
     r.add_argument("--technique", action="append", default=None, metavar="NAME",
                    help="a registered technique (`explorer techniques` lists them); repeat to compose")
     r.add_argument("--knob", action="append", default=[], metavar="NAME=VALUE",
@@ -33,12 +118,12 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("names", nargs="*", help="models to train (default: the whole family)")
     t.add_argument("--out", default=None, help="folder to write into (default: the package's zoo)")
     t.add_argument("--text", default=None, help="folder of .txt files for the natural-text share")
-    t.add_argument("--jobs", type=int, default=2, help="models trained at once, one thread each")
-    t.add_argument("--steps", type=int, default=None, help="override every model's step count")
+    t.add_argument("--jobs", type=bounded_int("--jobs", 1, 64), default=2, help="models trained at once, one thread each")
+    t.add_argument("--steps", type=bounded_int("--steps", 1, 10_000_000), default=None, help="override every model's step count")
 
     b = sub.add_parser("table", help="run every zoo model on every task and print a table (the main job)")
-    b.add_argument("-n", type=int, default=100)
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("-n", type=N, default=100, help=f"examples per run (1 to {MAX_N:,})")
+    b.add_argument("--seed", type=SEED, default=0, help="a non-negative integer")
 
     s = sub.add_parser("sweep", help="fill the results store from a sweep file (TOML or YAML), or the default sweep")
     s.add_argument("file", nargs="?", help="sweep file (default: every zoo model and task, the baseline and a "
@@ -46,9 +131,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--store", default=None, help="results folder (default: the per-user cache folder)")
     s.add_argument("--executor", default="local", choices=["local", "ray"])
     s.add_argument("--address", default=None, help="an existing Ray cluster (default: start a local one)")
-    s.add_argument("--workers", type=int, default=None, help="Ray worker processes (default: one per CPU)")
-    s.add_argument("-n", type=int, default=None, help="examples per run (overrides the file)")
-    s.add_argument("--seed", type=int, default=None, help="overrides the file")
+    s.add_argument("--workers", type=bounded_int("--workers", 1, 1024), default=None, help="Ray worker processes (default: one per CPU)")
+    s.add_argument("-n", type=N, default=None, help=f"examples per run, 1 to {MAX_N:,} (overrides the file)")
+    s.add_argument("--seed", type=SEED, default=None, help="a non-negative integer (overrides the file)")
+    s.add_argument("--remeasure", action="store_true", help="run again the stored rows that were measured with "
+                   "another batch_size or repeats (by default they are reused and reported)")
     s.add_argument("--dry-run", action="store_true", help="list the configurations and which are stored; run none")
 
     f = sub.add_parser("frontier", help="print the Pareto frontier of the stored runs and write its chart")
@@ -56,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--cost", default="flops_per_problem_analytic", help="any numeric column; the default is "
                    "derived: generated tokens per problem x analytic FLOPs per token")
     f.add_argument("--quality", default="accuracy")
-    f.add_argument("--lower-is-better", action="store_true", help="quality improves downwards (bits_per_char)")
+    f.add_argument("--lower-is-better", action="store_true", help="override: quality improves downwards (each "
+                   "known quality's direction, e.g. bits_per_char's, is taken from explorer.metrics anyway)")
     f.add_argument("--by", default="task", help="one frontier per value of this column ('' for one overall)")
     f.add_argument("--task", default=None, help="only rows of this task")
     f.add_argument("--all", action="store_true", help="print every point with its status, not only the frontier")
@@ -70,16 +158,14 @@ def main(argv: list[str] | None = None) -> int:
 
     lab = sub.add_parser("lab", help="open JupyterLab on the workshop's tour notebook (the embedded family, offline)")
     lab.add_argument("--no-browser", action="store_true", help="start the server without opening a browser")
-    lab.add_argument("--port", type=int, default=None, help="port for JupyterLab (default: its own, 8888 or next free)")
+    lab.add_argument("--port", type=bounded_int("--port", 1, 65535, " (a TCP port)"), default=None, help="port for JupyterLab (default: its own, 8888 or next free)")
     lab.add_argument("jupyter_args", nargs="*", help="anything after -- goes to `jupyter lab` as is")
 
-    args = p.parse_args(argv)
-    try:
-        return COMMANDS[(args.cmd, getattr(args, "zcmd", None))](args)
-    except (ValueError, KeyError, FileNotFoundError) as err:
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"explorer: error: {msg}", file=sys.stderr)
-        return 2
+    return p
+
+
+N = bounded_int("-n", 1, MAX_N, " (the number of examples)")
+SEED = bounded_int("--seed", 0, 2**63 - 1)
 
 
 def cmd_run(args) -> int:
@@ -153,15 +239,23 @@ def cmd_sweep(args) -> int:
 
     kwargs = from_spec(load_spec(args.file) if args.file else DEFAULT_SPEC)
     kwargs |= {k: v for k, v in (("n", args.n), ("seed", args.seed)) if v is not None}
-    store = Store(args.store)
-    if args.dry_run:
-        have = store.hashes()
-        for job in plan(**kwargs):
+    if args.dry_run:  # reads only: a store that does not exist yet has nothing stored, and is not made
+        jobs = plan(**kwargs)
+        try:
+            store = Store(args.store, create=False)
+            have, where = store.hashes(), store.path
+        except FileNotFoundError:
+            have, where = set(), f"{args.store or 'the default folder'} (not created yet)"
+        for job in jobs:
             print(f"{'stored ' if job.config_hash in have else 'missing'}  {job.config_hash}  {job.model}  "
                   f"{job.task}  {job.technique!r}")
-        print(f"store: {store.path}")
+        print(f"store: {where}")
         return 0
-    rows = sweep(**kwargs, store=store, executor=args.executor, address=args.address, workers=args.workers)
+    plan(**kwargs)  # every model, task and knob checked before the store folder is made
+    store = Store(args.store)
+    store.check_writable()  # before any model loads: a run that cannot be stored is not started
+    rows = sweep(**kwargs, store=store, executor=args.executor, address=args.address, workers=args.workers,
+                 remeasure=args.remeasure)
     print(f"{rows.height} rows of this sweep in {store.path}")
     return 0
 
@@ -216,7 +310,11 @@ def cmd_frontier(args) -> int:
     from explorer.frontier import points as frontier_points
     from explorer.store import Store
 
-    store = Store(args.store)
+    if args.out and not args.out.endswith((".html", ".png", ".svg")):
+        raise ValueError(f"--out {args.out!r}; the chart is written as .html, .png or .svg")
+    if args.out:
+        writable_target(args.out)
+    store = Store(args.store, create=False)
     df = store.frame()
     if args.task is not None and "task" in df.columns:
         df = df.filter(pl.col("task") == args.task)
@@ -238,8 +336,6 @@ def cmd_frontier(args) -> int:
     with pl.Config(tbl_rows=200, tbl_cols=30, tbl_width_chars=200):
         print(points.select([c for c in dict.fromkeys(cols) if c in points.columns]))
     if args.out:
-        if not args.out.endswith((".html", ".png", ".svg")):
-            raise ValueError(f"--out {args.out!r}; the chart is written as .html, .png or .svg")
         chart(df, cost=args.cost, quality=args.quality, by=by, maximize=maximize, filters=filters).save(args.out)
         print(f"wrote {args.out}")
     print(f"store: {store.path}")
@@ -251,8 +347,13 @@ def cmd_export(args) -> int:
 
     from explorer.store import Store
 
-    store = Store(args.store)
+    if not args.out.endswith((".parquet", ".csv")):
+        raise ValueError(f"export to {args.out!r}; give a .parquet or .csv file name")
+    writable_target(args.out)
+    store = Store(args.store, create=False)
     df = store.frame()
+    if df.height == 0:
+        raise ValueError(f"no stored rows in {store.path}; nothing to export (check --store, or run `explorer sweep`)")
     if args.out.endswith(".parquet"):
         df.write_parquet(args.out)
     elif args.out.endswith(".csv"):
@@ -265,6 +366,21 @@ def cmd_export(args) -> int:
         raise ValueError(f"export to {args.out!r}; give a .parquet or .csv file name")
     print(f"wrote {df.height} rows to {args.out} from {store.path}")
     return 0
+
+
+def writable_target(out: str) -> None:
+    """Refuse, before any work, a file that cannot be written: a missing or read-only folder."""
+    import os
+    from pathlib import Path
+
+    target = Path(out).expanduser()
+    folder = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise ValueError(f"{out!r} is a folder; give a file name to write")
+    if not folder.is_dir():
+        raise FileNotFoundError(f"folder {str(folder)!r} for {out!r} does not exist; create it or write elsewhere")
+    if not os.access(folder, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise PermissionError(f"cannot write {out!r}: {str(folder)!r} is not writable; write elsewhere")
 
 
 def cmd_lab(args) -> int:

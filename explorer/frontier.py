@@ -1,7 +1,7 @@
 """Pareto frontiers and the budget question, over any pair of columns of a results frame.
 
-Lower cost is better; higher quality is better (pass `maximize=False` for a
-quality such as bits per char, where lower is better). A point is on the
+Lower cost is better; a quality's direction comes from `explorer.metrics`
+(bits per char: lower is better), or `maximize=True/False` overrides it. A point is on the
 frontier when no other point is at least as good on both axes and strictly
 better on one; exact ties all stay on.
 
@@ -25,7 +25,7 @@ KEEP = ("frontier", "all")
 
 
 def frontier(df: pl.DataFrame, *, cost: str = "flops_per_token_analytic", quality: str = "accuracy",
-             by: str | Sequence[str] | None = None, maximize: bool = True, keep: str = "frontier",
+             by: str | Sequence[str] | None = None, maximize: bool | None = None, keep: str = "frontier",
              lo: str | None = None, hi: str | None = None) -> pl.DataFrame:
     """The Pareto frontier of `df` (per group of `by` columns when given), sorted by cost.
 
@@ -39,6 +39,7 @@ def frontier(df: pl.DataFrame, *, cost: str = "flops_per_token_analytic", qualit
     """
     if keep not in KEEP:
         raise ValueError(f"keep={keep!r}; valid: {', '.join(map(repr, KEEP))}")
+    maximize = direction(quality, maximize)
     by = [by] if isinstance(by, str) else list(by or [])
     lo, hi = lo or f"{quality}_lo", hi or f"{quality}_hi"
     df = with_derived(df, [cost, quality])
@@ -110,8 +111,11 @@ def to_decide(c: np.ndarray, q: np.ndarray, on: np.ndarray, distinguishable: np.
 
 
 def best_under_budget(df: pl.DataFrame, *, budget: float, cost: str = "flops_per_token_analytic",
-                      quality: str = "accuracy", maximize: bool = True) -> dict[str, Any] | None:
+                      quality: str = "accuracy", maximize: bool | None = None) -> dict[str, Any] | None:
     """The best row whose cost is at most `budget` (ties: the cheaper), or None when nothing fits.
+
+    Best by the quality's own direction (`explorer.metrics.higher_is_better`: bits per char
+    is better lower), unless `maximize=` says otherwise.
 
     A budget at exactly a row's cost fits. NaN, negative or non-numeric budgets
     raise ValueError. When nothing fits, a warning says what the cheapest row costs.
@@ -120,6 +124,7 @@ def best_under_budget(df: pl.DataFrame, *, budget: float, cost: str = "flops_per
         raise ValueError(f"budget={budget!r}; give a number >= 0 in units of {cost!r}")
     if math.isnan(budget) or budget < 0:
         raise ValueError(f"budget={budget!r}; a budget is a number >= 0 in units of {cost!r} (not NaN)")
+    maximize = direction(quality, maximize)
     df = with_derived(df, [cost, quality])
     check_columns(df, [cost, quality], "best_under_budget")
     rows = usable(df, cost, quality)
@@ -140,6 +145,17 @@ DERIVED = {
     "flops_per_problem_analytic":
         pl.col("flops_per_token_analytic") * pl.col("tokens_generated") / pl.col("n_examples"),
 }
+
+
+def direction(quality: str, maximize: bool | None) -> bool:
+    """Whether higher `quality` is better: `maximize` when given, else the metric's own direction."""
+    from explorer.metrics import higher_is_better
+
+    if maximize is None:
+        return higher_is_better(quality)
+    if not isinstance(maximize, bool):
+        raise ValueError(f"maximize={maximize!r}; give True, False, or None for the quality's own direction")
+    return maximize
 
 
 def with_derived(df: pl.DataFrame, columns: Sequence[str]) -> pl.DataFrame:

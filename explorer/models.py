@@ -172,7 +172,7 @@ def load(name_or_path: str | os.PathLike, *, dtype: str = "float32", device: str
     if not isinstance(name_or_path, (str, os.PathLike)) or not str(name_or_path).strip():
         raise ModelNotFound(f"model name {name_or_path!r}; give a zoo name ({', '.join(zoo.names())}), "
                             "a folder or a Hugging Face id")
-    torch_dtype = getattr(torch, dtype, None)
+    torch_dtype = getattr(torch, dtype, None) if dtype in ("float32", "bfloat16", "float16") else None
     if not isinstance(torch_dtype, torch.dtype):
         raise ValueError(f"dtype={dtype!r}; valid: 'float32', 'bfloat16', 'float16'")
     try:

@@ -101,6 +101,10 @@ def plan(models: Sequence[str] | str, tasks: Sequence[str] | str, techniques=Non
     """Every job of a sweep, keyed, in run order (grouped by model so each is loaded once)."""
     from explorer.runs import config_hash
 
+    if not isinstance(models, (str, list, tuple)):
+        raise ValueError(f"models={models!r}; give a model name or a list of them (zoo names, folders, Hugging Face ids)")
+    if not isinstance(tasks, (str, T.Task, list, tuple)):
+        raise ValueError(f"tasks={tasks!r}; give a task name or a list of them; valid: {', '.join(T.names())}")
     models = [models] if isinstance(models, str) else list(models)
     tasks = [tasks] if isinstance(tasks, (str, T.Task)) else list(tasks)
     if not models or not tasks:
@@ -256,11 +260,20 @@ def load_spec(path: str | Path) -> dict[str, Any]:
             import tomllib
         except ImportError:  # Python 3.10
             import tomli as tomllib
-        spec = tomllib.loads(path.read_text())
+        try:
+            spec = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as err:
+            raise ValueError(f"sweep file {str(path)!r} is not valid TOML: {err}") from None
     elif path.suffix in (".yaml", ".yml"):
         import yaml
 
-        spec = yaml.safe_load(path.read_text())
+        try:
+            spec = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem_mark", None)
+            at = f" at line {where.line + 1}, column {where.column + 1}" if where is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ValueError(f"sweep file {str(path)!r} is not valid YAML{at}: {problem}") from None
     else:
         raise ValueError(f"sweep file {str(path)!r}; valid extensions: .toml, .yaml, .yml")
     if not isinstance(spec, dict):
