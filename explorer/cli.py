@@ -22,15 +22,17 @@ class Parser(argparse.ArgumentParser):
 
 def bounded_int(name: str, low: int, high: int | None = None, what: str = ""):
     """An argparse type: an integer in [low, high], refused by name otherwise."""
+    key = name.lstrip("-")
+
     def parse(text: str) -> int:
         valid = (f"an integer from {low:,} to {high:,}" if high is not None and high < 2**62
                  else "a non-negative integer" if low == 0 else f"an integer >= {low}")
         try:
             value = int(text, 10)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not an integer; give {valid}{what}") from None
+            raise argparse.ArgumentTypeError(f"{key}={text!r} is not an integer; give {valid}{what}") from None
         if value < low or (high is not None and value > high):
-            raise argparse.ArgumentTypeError(f"{text} is out of range; give {valid}{what}")
+            raise argparse.ArgumentTypeError(f"{key}={text} is out of range; give {valid}{what}")
         return value
     return parse
 
