@@ -108,6 +108,162 @@ class Decoder:
         return self.cache.get_seq_length()
 
 
+class Draft:
+    """What the speculative loop asks of a draft, whatever it is (transformers' CandidateGenerator).
+
+    - `start(ids, mask)`: the (left-padded) prompts; nothing is computed yet;
+    - `propose(cap, temperature, adaptive, eos, generator, stats)`: up to cap[i]
+      proposals for row i, as (proposals [rows, g], the draft's distribution per
+      position (a list of [rows, vocab], empty when greedy needs none), proposals
+      per row); proposals stop at end-of-sequence;
+    - `update(proposals, n, nxt)`: the target accepted the first n[i] of row i's
+      proposals and then emitted nxt[i];
+    - `select(rows)`: only these rows of the batch go on.
+
+    `params` (0 for a model-free draft), `vocab_size` (None: any) and `context`
+    are checked against the target before decoding. The loop's statistics and
+    its lossless acceptance rule are the same for every draft.
+    """
+
+    params: int = 0
+    vocab_size: int | None = None
+    context: float = float("inf")
+    kind = "model-free"  # the row's `draft_kind`
+
+    def start(self, ids: torch.Tensor, mask: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def propose(self, cap, temperature, adaptive, eos, generator, stats: "SpecStats"):
+        raise NotImplementedError
+
+    def update(self, proposals: torch.Tensor, n: torch.Tensor, nxt: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def select(self, rows: torch.Tensor) -> None:
+        raise NotImplementedError
+
+
+class ModelDraft(Draft):
+    """A causal LM drafting one token per forward (a smaller model, or the target's first k layers).
+
+    Its first call reads the prompt and proposes; after verification it rolls its
+    cache back to the accepted proposals and is fed the target's token next round.
+    """
+
+    kind = "model"
+
+    def __init__(self, side):
+        self.decoder = as_decoder(side)
+        self.pending = self.valid = None  # tokens not yet in the draft's cache
+        self.prompt_width = 0
+
+    @property
+    def params(self) -> int:
+        return self.decoder.params
+
+    @property
+    def vocab_size(self) -> int:
+        return self.decoder.vocab_size
+
+    @property
+    def context(self) -> int:
+        return self.decoder.context
+
+    def start(self, ids, mask) -> None:
+        self.decoder.start(ids[:, :0], mask[:, :0])
+        self.pending, self.valid = ids, mask.bool()
+        self.prompt_width = ids.shape[1]
+
+    def propose(self, cap, temperature, adaptive, eos, generator, stats):
+        out = propose(self.decoder, self.pending, self.valid, cap, temperature, adaptive, eos, generator, stats)
+        if self.prompt_width and out[0].shape[1]:  # the prompt's positions are not decoding work
+            stats.draft_positions -= cap.shape[0] * (self.prompt_width - 1)
+            self.prompt_width = 0
+        return out
+
+    def update(self, proposals, n, nxt) -> None:
+        g, live = proposals.shape[1], n.shape[0]
+        one = torch.ones(live, 1, dtype=torch.bool)
+        if g:
+            self.decoder.keep(torch.arange(g - 1)[None] < n[:, None])  # the last proposal was never fed
+            full = n == g
+            self.pending = torch.cat([proposals[:, -1:], nxt[:, None]], 1) if full.any() else nxt[:, None]
+            self.valid = torch.cat([full[:, None], one], 1) if full.any() else one
+        else:  # nothing was proposed, so the draft has not read what it was given
+            self.pending, self.valid = torch.cat([self.pending, nxt[:, None]], 1), torch.cat([self.valid, one], 1)
+
+    def select(self, rows) -> None:
+        self.decoder.select(rows)
+        self.pending, self.valid = self.pending[rows], self.valid[rows]
+
+
+class PromptLookup(Draft):
+    """Model-free draft (prompt lookup decoding, Saxena 2023; transformers' `prompt_lookup_num_tokens`).
+
+    For each row, find the most recent earlier occurrence of the last `max_ngram`
+    tokens (prompt and output so far; shorter n-grams down to `min_ngram` when
+    the longer ones do not recur) and propose the tokens that followed it. No
+    forward pass at all: it pays off where the output copies from the input
+    (summaries, code edits, extraction, repeated text). A row with no match
+    proposes nothing, so that round is one plain decoding step. Its proposals are
+    certain (q is one-hot), so sampled output still follows the target exactly:
+    a proposal x is kept with probability p(x), else the token is drawn from p
+    without x.
+    """
+
+    kind = "prompt_lookup"
+
+    def __init__(self, max_ngram: int = 3, min_ngram: int = 1):
+        if not (isinstance(max_ngram, int) and isinstance(min_ngram, int) and 1 <= min_ngram <= max_ngram):
+            raise ValueError(f"PromptLookup(max_ngram={max_ngram!r}, min_ngram={min_ngram!r}); valid: integers "
+                             "with 1 <= min_ngram <= max_ngram, e.g. 3 and 1")
+        self.max_ngram, self.min_ngram = max_ngram, min_ngram
+        self.history: list[list[int]] = []
+
+    def start(self, ids, mask) -> None:
+        self.history = [row[m.bool()].tolist() for row, m in zip(ids, mask)]
+
+    def lookup(self, seq: list[int], k: int) -> list[int]:
+        """Up to k tokens that followed the latest earlier occurrence of seq's final n-gram."""
+        for n in range(min(self.max_ngram, len(seq) - 1), self.min_ngram - 1, -1):
+            tail = seq[-n:]
+            for start in range(len(seq) - n - 1, -1, -1):  # latest match first, never the tail itself
+                if seq[start : start + n] == tail:
+                    return seq[start + n : start + n + k]
+        return []
+
+    def propose(self, cap, temperature, adaptive, eos, generator, stats):
+        found = []
+        for seq, k in zip(self.history, cap.tolist()):
+            got = self.lookup(seq, k) if k > 0 else []
+            if eos in got:  # proposals stop at end-of-sequence, as a model draft's do
+                got = got[: got.index(eos) + 1]
+            found.append(got)
+        lens = torch.tensor([len(f) for f in found], dtype=torch.long)
+        g = int(lens.max()) if found else 0
+        proposals = torch.tensor([f + [0] * (g - len(f)) for f in found], dtype=torch.long).reshape(len(found), g)
+        qs = []
+        if (temperature or adaptive is not None) and g:
+            onehot = torch.nn.functional.one_hot(proposals, self.vocab_size).float()  # certain proposals
+            qs = list(onehot.unbind(1))
+        return proposals, qs, lens
+
+    def update(self, proposals, n, nxt) -> None:
+        for seq, row, k, t in zip(self.history, proposals.tolist(), n.tolist(), nxt.tolist()):
+            seq += row[:k] + [t]
+
+    def select(self, rows) -> None:
+        self.history = [self.history[i] for i in rows.tolist()]
+
+
+DRAFTS = {"prompt_lookup": PromptLookup}  # model-free drafts, by the name `Speculative(draft=...)` takes
+
+
+def as_draft(side) -> Draft:
+    """A Draft as is; anything else (an explorer Model, a transformers model, a Decoder) drafts as a model."""
+    return side if isinstance(side, Draft) else ModelDraft(side)
+
+
 @dataclass
 class SpecStats:
     """What explains the speed-up. Counts are summed over the rows of a batch.
@@ -207,6 +363,10 @@ def as_decoder(side) -> Decoder:
 
 def check_pair(target, draft) -> None:
     """Refuse, with a reason, a draft that cannot speed up this target losslessly."""
+    if isinstance(draft, Draft) and not isinstance(draft, ModelDraft):
+        return  # model-free: it proposes the target's own token ids
+    if isinstance(draft, ModelDraft):
+        draft = draft.decoder
     tv, dv = vocab_of(target), vocab_of(draft)
     if tv is not None and dv is not None and tv != dv:
         differ = len(set(tv.items()) ^ set(dv.items()))
@@ -261,7 +421,8 @@ def speculative_generate(target, draft, input_ids, *, draft_len: int, temperatur
                          trace: list | None = None) -> Speculation:
     """Decode with `draft` proposing and `target` verifying; the output is the target's.
 
-    `target` and `draft` are explorer Models, transformers causal LMs or `Decoder`s.
+    `target` is an explorer Model, a transformers causal LM or a `Decoder`; `draft` is one of
+    those too, or any `Draft` (a model-free `PromptLookup()`, say).
     `adaptive=tau` (SpecDec++-style): a row stops proposing once the draft's own
     probability that all its proposals this round survive (the product of its
     probabilities for them) falls below tau; `draft_len` still caps the round.
@@ -274,12 +435,15 @@ def speculative_generate(target, draft, input_ids, *, draft_len: int, temperatur
     """
     check_knobs(draft_len, temperature, max_new_tokens, adaptive)
     check_pair(target, draft)
-    tgt, drf = as_decoder(target), as_decoder(draft)
+    tgt, drf = as_decoder(target), as_draft(draft)
+    if drf.vocab_size is None:
+        drf.vocab_size = tgt.vocab_size
     ids, mask = as_batch(input_ids, attention_mask)
     longest = int(mask.sum(-1).max())
-    if longest + max_new_tokens > min(tgt.context, drf.context):
+    context = int(min(tgt.context, drf.context))
+    if longest + max_new_tokens > context:
         raise ValueError(f"prompt of {longest} tokens plus max_new_tokens={max_new_tokens} is longer than the "
-                         f"context of {min(tgt.context, drf.context)} tokens")
+                         f"context of {context} tokens")
     eos, batch = eos_of(target), ids.shape[0]
     stats = SpecStats(draft_len)
     out: list[list[int]] = [[] for _ in range(batch)]
@@ -288,20 +452,16 @@ def speculative_generate(target, draft, input_ids, *, draft_len: int, temperatur
     # and proposes, and the target's first call reads the prompt and verifies, as
     # transformers' assisted generation does. Every target call then yields tokens.
     tgt.start(ids[:, :0], mask[:, :0])
-    drf.start(ids[:, :0], mask[:, :0])
+    drf.start(ids, mask)
     rows = torch.arange(batch)
     t_next, t_valid = ids, mask.bool()  # not yet in the target's cache
-    d_next, d_valid = ids, mask.bool()  # not yet in the draft's cache
     while rows.numel():
         live = rows.numel()
         left = torch.tensor([max_new_tokens - len(out[r]) for r in rows.tolist()])
         cap = (left - 1).clamp(max=draft_len)  # never propose past max_new_tokens
         # per_row: with one generator per prompt, each live row keeps drawing from its own.
-        drafts, qs, lens = propose(drf, d_next, d_valid, cap, temperature, adaptive, eos, per_row(generator, rows),
-                                   stats)
+        drafts, qs, lens = drf.propose(cap, temperature, adaptive, eos, per_row(generator, rows), stats)
         g = drafts.shape[1]
-        if stats.steps == 0 and g:  # the prompt's positions are not decoding work (as for the target)
-            stats.draft_positions -= live * (ids.shape[1] - 1)
         logits = tgt.extend(torch.cat([t_next, drafts], 1),
                             torch.cat([t_valid, torch.ones(live, g, dtype=torch.bool)], 1))[:, -g - 1:]
         n, nxt = verify(logits, drafts, qs, lens, temperature, per_row(generator, rows))
@@ -310,27 +470,20 @@ def speculative_generate(target, draft, input_ids, *, draft_len: int, temperatur
         stats.target_positions += live * (g + 1)
         record(stats, n, lens)
         tgt.keep(torch.arange(g + 1)[None] <= n[:, None])
-        one = torch.ones(live, 1, dtype=torch.bool)
-        if g:
-            drf.keep(torch.arange(g - 1)[None] < n[:, None])  # the last proposal was never fed
-            full = n == g
-            d_next = torch.cat([drafts[:, -1:], nxt[:, None]], 1) if full.any() else nxt[:, None]
-            d_valid = torch.cat([full[:, None], one], 1) if full.any() else one
-        else:  # nothing was proposed, so the draft has not read what it was given
-            d_next, d_valid = torch.cat([d_next, nxt[:, None]], 1), torch.cat([d_valid, one], 1)
-        t_next, t_valid = nxt[:, None], one
+        drf.update(drafts, n, nxt)
+        t_next, t_valid = nxt[:, None], torch.ones(live, 1, dtype=torch.bool)
         lp = torch.log_softmax(logits / (temperature or 1.0), -1)
         if trace is not None:
             trace.extend(rounds(rows, drafts, n, lens, nxt, eos))
         done = emit(out, logp, rows, drafts, n, nxt, lp, eos, max_new_tokens, stats)
-        rows, t_next, t_valid, d_next, d_valid = drop_done(done, rows, (t_next, t_valid, d_next, d_valid), tgt, drf)
+        rows, t_next, t_valid = drop_done(done, rows, (t_next, t_valid), tgt, drf)
     tokens = [strip_eos(r, eos) for r in out]
     tok = getattr(target, "tokenizer", None)
     texts = tok.batch_decode(tokens, skip_special_tokens=True) if tok is not None else []
     return Speculation(tokens, texts, logp, stats.tokens, stats.steps, stats, trace)
 
 
-def drop_done(done, rows, pending, tgt: Decoder, drf: Decoder):
+def drop_done(done, rows, pending, tgt: Decoder, drf: Draft):
     """Finished rows leave the batch (and both caches), so they cost nothing more."""
     if not done.any():
         return (rows, *pending)
@@ -463,15 +616,19 @@ def measure_costs(target, draft, input_ids, *, draft_len: int, attention_mask=No
     All run on top of the same prompt in their caches, one call of each in turn,
     so a noisy neighbour slows every side alike; medians, after one warm-up round.
     `clock=time.process_time` counts CPU seconds only, for a machine shared with others.
+    `draft=None` (a model-free draft): cost ratio 0, the verification's cost alone.
     """
     ids, mask = as_batch(input_ids, attention_mask)
-    tgt, drf = as_decoder(target), as_decoder(draft)
+    tgt = as_decoder(target)
+    drf = None if draft is None else as_decoder(draft.decoder if isinstance(draft, ModelDraft) else draft)
     tgt.start(ids, mask)
-    drf.start(ids, mask)
+    if drf is not None:
+        drf.start(ids, mask)
     one, wide, d = [], [], []
     for _ in range(calls + 1):
         one.append(step_seconds(tgt, 1, clock))
         wide.append(step_seconds(tgt, draft_len + 1, clock))
-        d.append(step_seconds(drf, 1, clock))
+        if drf is not None:
+            d.append(step_seconds(drf, 1, clock))
     t = statistics.median(one[1:])
-    return Costs(statistics.median(d[1:]) / t, statistics.median(wide[1:]) / t)
+    return Costs(statistics.median(d[1:]) / t if d else 0.0, statistics.median(wide[1:]) / t)

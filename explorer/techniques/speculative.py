@@ -19,8 +19,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from explorer.speculative import (MAX_DRAFT_LEN, SpecStats, check_knobs, check_pair, measure_costs,
-                                  predicted_speedup, speculative_generate)
+from explorer.speculative import (DRAFTS, MAX_DRAFT_LEN, Draft, SpecStats, check_knobs, check_pair,
+                                  measure_costs, predicted_speedup, speculative_generate)
 from explorer.techniques.base import DECODES, EVALUATES, Knob, Technique, technique
 
 
@@ -61,6 +61,10 @@ def stream(tokenizer, trace: list[dict]) -> list[dict]:
 class Speculative(Technique):
     """A smaller model of the same tokenizer drafts `draft_len` tokens; the target verifies them.
 
+    `draft`: a model name (zoo name, folder, Hugging Face id), or "prompt_lookup" for the
+    model-free draft that copies what followed the latest earlier occurrence of the
+    last few tokens (`explorer.speculative.PromptLookup`): no second model at all.
+
     `adaptive`: None for a fixed draft length, or a threshold in (0, 1) on the
     draft's confidence that its proposals survive (SpecDec++-style); `draft_len`
     then caps each round. `temperature` 0 is greedy; above 0 the output follows
@@ -83,9 +87,12 @@ class Speculative(Technique):
             raise ValueError(f"Speculative.{err}") from None
 
     def models(self) -> list[str]:
-        return [self.draft]
+        return [] if self.draft in DRAFTS else [self.draft]
 
     def draft_model(self, target=None):  # target: for a draft made from it (SelfSpeculative)
+        """The draft: an explorer Model, or a fresh model-free `Draft` (it keeps per-batch state)."""
+        if self.draft in DRAFTS:
+            return DRAFTS[self.draft]()
         return load_draft(self.draft)
 
     def prepare(self, model):
@@ -94,7 +101,8 @@ class Speculative(Technique):
 
         draft = self.draft_model(model)
         check_pair(model, draft)
-        facts = dataclasses.replace(model.facts, weight_bytes=model.facts.weight_bytes + draft.facts.weight_bytes)
+        extra = 0 if isinstance(draft, Draft) else draft.facts.weight_bytes
+        facts = dataclasses.replace(model.facts, weight_bytes=model.facts.weight_bytes + extra)
         return Model(model.hf, model.tokenizer, facts, {**model.tags, "speculative_draft": self.draft})
 
     def sampler(self, seed, rows: int):
@@ -155,8 +163,10 @@ class Speculative(Technique):
         row["speedup_measured"] = row["wall_s_target_alone"] / row["wall_s"]
 
         draft = self.draft_model(model)
+        free = isinstance(draft, Draft)  # model-free: no forward pass, cost ratio 0
+        row["draft_kind"] = draft.kind if free else "model"
         enc = model.tokenizer(chunks[0], return_tensors="pt", padding=True)
-        costs = measure_costs(model, draft, enc, draft_len=self.draft_len)
+        costs = measure_costs(model, None if free else draft, enc, draft_len=self.draft_len)
         c = row["cost_ratio_measured"] = costs.cost_ratio
         row["verify_cost_ratio_measured"] = costs.verify_ratio
         # Leviathan's formula assumes a fixed draft length and a verification call that
@@ -172,7 +182,8 @@ class Speculative(Technique):
         # ones too) and every draft forward. More FLOPs than the target alone, less time.
         tokens = max(row["tokens_generated"], 1)
         ctx = sum(len(model.tokenizer(p)["input_ids"]) for p in prompts) / len(prompts) + tokens / len(prompts) / 2
-        f_target, f_draft = flops_per_token(model.hf.config, ctx), flops_per_token(draft.hf.config, ctx)
+        f_target = flops_per_token(model.hf.config, ctx)
+        f_draft = 0.0 if free else flops_per_token(draft.hf.config, ctx)
         row["flops_per_token_analytic_target_alone"] = f_target
         row["flops_per_token_analytic"] = (f_target * row["target_positions"]
                                            + f_draft * row["draft_positions"]) / tokens

@@ -1,0 +1,100 @@
+"""The draft interface of the one speculative loop: model drafts and the model-free prompt lookup."""
+import pytest
+import torch
+
+import explorer as ex
+from explorer import tasks as T
+from explorer.generate import encode, generate
+from explorer.speculative import Draft, ModelDraft, PromptLookup, speculative_generate
+
+from tests.test_speculative import DEPTH, N, PROMPT, TEMPERATURE, exact_probs, fit_pvalue, prefixes
+
+
+@pytest.fixture(scope="module")
+def target(zoo_models):
+    return zoo_models["zoo-s"]
+
+
+def repetitive_prompts() -> list[str]:
+    """Text whose continuation often repeats what came before: where prompt lookup pays."""
+    text = T.get("shakespeare").text()
+    return [text[i : i + 40] + text[i : i + 25] for i in (0, 300, 1200, 5000)] + ["abcabcabcab", "12341234123"]
+
+
+def test_lookup_proposes_what_followed_the_latest_earlier_match():
+    d = PromptLookup(max_ngram=3)
+    assert d.lookup([1, 2, 3, 9, 1, 2], 3) == [3, 9, 1]  # [9, 1, 2] never recurs; [1, 2] does
+    assert d.lookup([5, 1, 2, 7, 1, 2, 8, 1, 2], 2) == [8, 1]  # the latest occurrence wins
+    assert d.lookup([1, 2, 3, 4], 3) == []  # nothing recurs: no proposal
+    assert PromptLookup(max_ngram=2, min_ngram=2).lookup([4, 1, 5, 1], 2) == []  # a lone token is too short
+    with pytest.raises(ValueError, match="min_ngram"):
+        PromptLookup(max_ngram=1, min_ngram=2)
+
+
+@pytest.mark.parametrize("draft_len", [1, 4, 8])
+def test_greedy_prompt_lookup_output_is_the_target_alone(target, draft_len):
+    prompts = repetitive_prompts() + [e.prompt for e in T.get("sort").examples(6, 3)]
+    alone = generate(target.hf, target.tokenizer, prompts, max_new_tokens=24)
+    spec = speculative_generate(target, PromptLookup(), encode(target.tokenizer, prompts, 200),
+                                draft_len=draft_len, temperature=0.0, max_new_tokens=24)
+    assert spec.tokens == alone.tokens
+    assert spec.logprobs == pytest.approx(alone.logprobs, abs=1e-3)
+    s = spec.stats
+    assert s.draft_calls == 0 and s.draft_positions == 0  # no forward pass
+    assert 0 < s.accepted < s.drafted  # it proposed, the target kept some and refused some
+    assert s.tokens == s.accepted + s.target_calls - s.eos_accepted
+    one = [speculative_generate(target, PromptLookup(), target.tokenizer(p)["input_ids"], draft_len=draft_len,
+                                temperature=0.0, max_new_tokens=24).tokens[0] for p in prompts[:3]]
+    assert one == alone.tokens[:3]
+
+
+def test_prompt_lookup_saves_target_calls_on_repetitive_text(target):
+    prompts = repetitive_prompts()
+    enc = encode(target.tokenizer, prompts, 200)
+    spec = speculative_generate(target, PromptLookup(), enc, draft_len=6, temperature=0.0, max_new_tokens=24)
+    assert spec.stats.tokens_per_target_call > 1.2  # each call yields more than the one token plain decoding does
+
+
+def test_sampled_prompt_lookup_follows_the_targets_exact_probabilities(target):
+    # "To be" then tokens: a lookup proposes after any repeated character, so rounds both accept
+    # (with probability p(x): the draft is certain) and reject (then draw from p without x).
+    exact = exact_probs(target)
+    ids = target.tokenizer([PROMPT] * N, return_tensors="pt")
+    spec = speculative_generate(target, PromptLookup(min_ngram=1), ids, draft_len=2, temperature=TEMPERATURE,
+                                max_new_tokens=DEPTH + 1, generator=torch.Generator().manual_seed(7))
+    s = spec.stats
+    assert s.judged > s.accepted > 0
+    assert fit_pvalue(prefixes(spec.tokens, target.tokenizer.eos_token_id), exact) > 1e-3
+
+
+def test_speculative_takes_prompt_lookup_by_name(target):
+    row = ex.run(target, "sort", ex.Speculative(draft="prompt_lookup", draft_len=4), n=8, batch_size=4)
+    assert row["draft_kind"] == "prompt_lookup" and row["knob_draft"] == "prompt_lookup"
+    assert row["outputs_match_target_alone"] is True
+    assert row["draft_calls"] == 0 and row["cost_ratio_measured"] == 0.0
+    assert row["weight_bytes"] == target.facts.weight_bytes  # no second model
+
+
+def test_a_model_draft_and_a_draft_of_ones_own_pass_through_the_same_loop(target, tiny_model):
+    class EveryTokenIsOne(Draft):
+        """A draft of our own: always proposes token id 1 (rarely right), behind the same loop."""
+
+        def start(self, ids, mask):
+            self.rows = ids.shape[0]
+
+        def propose(self, cap, temperature, adaptive, eos, generator, stats):
+            g = int(cap.max())
+            return torch.ones(self.rows, g, dtype=torch.long), [], cap.clone()
+
+        def update(self, proposals, n, nxt):
+            pass
+
+        def select(self, rows):
+            self.rows = rows.numel()
+
+    prompts = [e.prompt for e in T.get("addition").examples(5, 2)]
+    enc = encode(target.tokenizer, prompts, 200)
+    alone = generate(target.hf, target.tokenizer, prompts, max_new_tokens=10)
+    for draft in (EveryTokenIsOne(), ModelDraft(tiny_model), tiny_model):
+        spec = speculative_generate(target, draft, enc, draft_len=3, temperature=0.0, max_new_tokens=10)
+        assert spec.tokens == alone.tokens
