@@ -69,12 +69,14 @@ TABLE: dict[str, Metric] = {m.column: m for m in [
     _cost("weight_bytes", "weights", "MB", 1e-6),
     _cost("flops_per_token_analytic", "FLOPs per token", analytic=True),
     _cost("flops_per_problem_analytic", "FLOPs per problem", analytic=True),
+    _cost("bytes_moved_per_problem_analytic", "bytes moved per problem", "MB", 1e-6, analytic=True),
     _cost("wall_s_per_token", "time per token", "ms", 1e3),
     _cost("wall_s", "time for the run", "s"),
     # more costs
     _cost("bit_flops_per_token_analytic", "bit-FLOPs per token", analytic=True),
     _cost("flops_per_token_full_analytic", "FLOPs per token at full depth", analytic=True),
     _cost("tokens_generated", "tokens generated"),
+    _cost("bytes_moved_per_token_analytic", "bytes moved per token", "MB", 1e-6, analytic=True),
     _cost("wall_s_target_alone", "time for the target alone", "s"),
     # qualities
     _quality("accuracy", "accuracy"),
@@ -91,7 +93,7 @@ TABLE: dict[str, Metric] = {m.column: m for m in [
 
 # The cost axes a lab or a chart offers, in this order.
 COST_AXES: tuple[str, ...] = ("weight_bytes", "flops_per_token_analytic", "flops_per_problem_analytic",
-                              "wall_s_per_token", "wall_s")
+                              "bytes_moved_per_problem_analytic", "wall_s_per_token", "wall_s")
 
 _COST_SUFFIXES = ("_bytes", "_s", "_analytic", "_per_token", "_per_problem", "flops")
 _LOWER_BETTER_QUALITIES = ("bits_per_char", "perplexity", "loss", "_nats", "error")

@@ -347,4 +347,7 @@ def at_k(row: Mapping, k: int) -> dict[str, Any]:
         _at_k[key] = {"config_hash": row["config_hash"], "accuracy": head["accuracy"],
                       "accuracy_lo": head["accuracy_lo"], "accuracy_hi": head["accuracy_hi"],
                       "tokens_generated": float(head[f"tokens_generated_at_{k}"]), "knob_k": k}
+        if row.get("bytes_moved_per_token_analytic") is not None:  # k samples: k times the reads per problem
+            _at_k[key]["bytes_moved_per_problem_analytic"] = (
+                row["bytes_moved_per_token_analytic"] * _at_k[key]["tokens_generated"] / row["n_examples"])
     return _at_k[key]
