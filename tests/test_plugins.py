@@ -1,5 +1,5 @@
-"""A technique written outside explorer/, in this file, runs everywhere a built-in one does:
-`ex.run`, `ex.sweep` (and sweep files), the lab's state and controls and its runner."""
+"""A technique and a task written outside explorer/, in this file, run everywhere built-in ones
+do: `ex.run`, `ex.sweep` (and sweep files), the lab's state and controls and its runner."""
 import dataclasses
 from typing import ClassVar
 
@@ -29,6 +29,27 @@ class Truncate(Technique):
 
 
 NAME = "truncate_test"
+TASK = "sort_pairs_test"
+
+
+def sorted_digits(reply: str, example) -> bool:
+    """A verifier of our own: the reply's digits, spaces ignored, are the answer."""
+    return reply.replace(" ", "").strip() == example.answer
+
+
+@pytest.fixture()
+def task():
+    """Sort 2, 4 or 6 digits, in the zoo's own prompt form, checked by a function."""
+    from explorer.tasks import Format, Problem, task as register_task, unregister
+
+    def generate(rng, d):
+        s = "".join(rng.choice("0123456789") for _ in range(2 * d))
+        return Problem(f"sort {s}", d, (s,), "".join(sorted(s)))
+
+    register_task(TASK, "sort 2*d digits, d = 1..3", difficulties=(1, 2, 3), formats={
+        "zoo": Format(lambda p: f"sort {p.values[0]}:", lambda p: p.result, sorted_digits, 8)})(generate)
+    yield TASK
+    unregister(TASK)
 
 
 @pytest.fixture()
@@ -38,6 +59,16 @@ def registered():
               sweep=[{"max_tokens": [2, 16]}])(Truncate)
     yield Truncate
     techniques.unregister(NAME)
+
+
+def test_a_technique_and_a_task_defined_here_run_together(registered, task, tmp_path):
+    row = ex.run("zoo-s", task, Truncate(max_tokens=8), n=16, repeats=1)
+    assert row["task"] == TASK and row["technique"] == NAME and row["accuracy"] > 0  # the zoo can sort
+    cut = ex.run("zoo-s", task, Truncate(max_tokens=1), n=16, repeats=1)
+    assert cut["accuracy"] < row["accuracy"]
+    rows = ex.sweep(["zoo-xs"], [task, "addition"], ex.grid(Truncate, max_tokens=[1, 8]), store=ex.Store(tmp_path / "s"),
+                    n=8, progress=False)
+    assert sorted(zip(rows["task"], rows["knob_max_tokens"])) == [("addition", 1), ("addition", 8), (TASK, 1), (TASK, 8)]
 
 
 def test_a_technique_defined_here_runs_through_run_and_sweep(registered, tmp_path):
@@ -59,11 +90,11 @@ def test_a_technique_defined_here_runs_through_run_and_sweep(registered, tmp_pat
     assert not any(e.get("name") == NAME for e in DEFAULT_SPEC["techniques"])  # made before it registered
 
 
-def test_a_technique_defined_here_is_in_the_lab(registered, tmp_path):
+def test_a_technique_and_a_task_defined_here_are_in_the_lab(registered, task, tmp_path):
     from widgets.lab import Lab
     from widgets.state import LabState
 
-    state = LabState(models=["zoo-xs"], technique=NAME, max_tokens=3, n=4)
+    state = LabState(models=["zoo-xs"], technique=NAME, max_tokens=3, n=4, task=task)
     assert state.max_tokens == 3 and state.technique_config() == Truncate(max_tokens=3)
     assert state.cost_axis == "flops_per_token_analytic"  # the axis it declared
     state.max_tokens = 0
@@ -71,7 +102,7 @@ def test_a_technique_defined_here_is_in_the_lab(registered, tmp_path):
 
     lab = Lab(tmp_path / "s", state=state)
     lab.runner.wait(120)
-    assert NAME in lab.controls["technique"].options
+    assert NAME in lab.controls["technique"].options and task in lab.controls["task"].options
     assert lab.controls["max_tokens"].description == "max tokens" and lab.controls["max_tokens"].max == 64
     assert lab.controls["max_tokens"] in lab.knobs.children  # its panel
     rows = lab.frontier.widget.spec["datasets"]["rows"]
