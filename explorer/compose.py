@@ -41,11 +41,12 @@ def decodes(technique: Technique) -> bool:
     return any(roles(p) & {DECODES, *EVALUATORS} for p in parts_of(technique))
 
 
-def rank(technique: Technique) -> int:
+def rank(technique: Technique) -> tuple[int, int, str]:
     """Canonical order: weight changers and other preparers, then the decoder, then the evaluator
-    (so [S, Q] == [Q, S])."""
+    (so [S, Q] == [Q, S]); within a role, the declared `order`, then the name."""
     r = roles(technique)
-    return 2 if r & EVALUATORS else 1 if DECODES in r else 0
+    declared = getattr(technique, "declaration", None)
+    return (2 if r & EVALUATORS else 1 if DECODES in r else 0, declared.order if declared else 0, technique.name)
 
 
 def compose(*techniques: Technique | Iterable[Technique]) -> Technique:

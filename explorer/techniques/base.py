@@ -176,6 +176,7 @@ class Declaration:
     read_at: Callable | None
     sweep: tuple[dict, ...]
     hands_down: tuple[str, ...]
+    order: int = 0
 
     @property
     def summary(self) -> str:
@@ -232,7 +233,7 @@ def check_roles(cls: type, declared: Iterable[str]) -> None:
 
 def technique(name: str, *, roles: Iterable[str] = (), knobs: Iterable[Knob] = (), filters: Iterable[Knob] = (),
               axis: str = "flops_per_token_analytic", view: str | None = None, read_at: Callable | None = None,
-              sweep: Iterable[Mapping[str, Any]] = (), hands_down: Iterable[str] = ()):
+              sweep: Iterable[Mapping[str, Any]] = (), hands_down: Iterable[str] = (), order: int = 0):
     """Register a technique class under `name`, with its declaration.
 
     roles       which hooks it owns (CHANGES_WEIGHTS, DECODES, AGGREGATES, EVALUATES)
@@ -243,6 +244,8 @@ def technique(name: str, *, roles: Iterable[str] = (), knobs: Iterable[Knob] = (
     read_at     `read_at(df, **filters) -> df`: its stored rows re-read at the filter values
     sweep       the knob grids of the default sweep, e.g. [{"bits": [2, 4, 8]}]
     hands_down  (AGGREGATES) its knobs the decoder it draws through must share (temperature)
+    order       its place among composed techniques of the same role, lower first (a pruner
+                before a quantizer); ties go by name, so a composition has one canonical order
     """
     def deco(cls: type) -> type:
         techniques.check(cls)
@@ -277,7 +280,7 @@ def technique(name: str, *, roles: Iterable[str] = (), knobs: Iterable[Knob] = (
         cls.name = name
         cls.roles = declared
         cls.declaration = Declaration(name, cls, declared, knob_list, filter_list, axis, view, read_at,
-                                      tuple(dict(g) for g in sweep), tuple(hands_down))
+                                      tuple(dict(g) for g in sweep), tuple(hands_down), int(order))
         techniques.register(name)(cls)
         return cls
 
