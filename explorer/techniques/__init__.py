@@ -18,6 +18,7 @@ from explorer.techniques import early_exit  # noqa: E402,F401
 from explorer.techniques import sampling  # noqa: E402,F401
 from explorer.techniques import speculative  # noqa: E402,F401
 from explorer.techniques import self_speculative  # noqa: E402,F401
+from explorer.techniques import prune  # noqa: E402,F401
 
 __all__ = ["AGGREGATES", "CHANGES_WEIGHTS", "DECODES", "EVALUATES", "ROLES", "Baseline", "Declaration", "Knob",
            "Technique", "declaration", "declarations", "roles_of", "technique", "techniques"]
