@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     before = warnings.formatwarning
     warnings.formatwarning = lambda message, category, *_a, **_k: f"explorer: warning: {message}\n"
     try:
-        args = parser().parse_args(argv)
+        args, extra = parser().parse_known_args(argv)
+        if extra:  # named against the command's own help, not the top level's
+            command = " ".join(c for c in (args.cmd, getattr(args, "zcmd", None)) if c)
+            raise UsageError(f"unrecognized arguments: {' '.join(extra)} (see `explorer {command} --help`)")
         return COMMANDS[(args.cmd, getattr(args, "zcmd", None))](args)
     except UsageError as err:
         return fail(str(err))

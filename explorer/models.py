@@ -180,6 +180,9 @@ def load(name_or_path: str | os.PathLike, *, dtype: str = "float32", device: str
     except (RuntimeError, TypeError):
         raise ValueError(f"device={device!r}; give a torch device such as 'cpu', 'cuda', 'cuda:1' or 'mps'") from None
     where, source = resolve(name_or_path)
+    if source == "folder" and not (Path(where) / "config.json").is_file():
+        raise ModelNotFound(f"model folder {where!r} has no config.json; a model folder holds config.json, "
+                            "model.safetensors and the tokenizer files (as save_pretrained writes them)")
     revision = None
     if source == "gguf":
         from explorer import gguf_models as gguf

@@ -8,6 +8,8 @@ nothing in seconds.
 """
 from __future__ import annotations
 
+import html
+
 import math
 from typing import Callable, Iterable
 
@@ -69,7 +71,7 @@ class BudgetSlider(w.HBox):
             self._fitting = False
         text = "no limit" if math.isinf(b) else f"≤ {b:.3g}"
         self.label.value = (f"<span class='tx-budget-readout' style='white-space: nowrap'>{text} "
-                            f"<small>{self.state.cost_axis}</small></span>")
+                            f"<small>{html.escape(self.state.cost_axis)}</small></span>")
 
     def _axis(self, _=None) -> None:
         self.state.budget = math.inf

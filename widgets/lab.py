@@ -175,7 +175,7 @@ def best_card(state: LabState, store: Store, df=None) -> str:
     except ValueError as err:
         return f"<div class='tx-card'>{html.escape(str(err))}</div>"
     if best is None:
-        return f"<div class='tx-card'>nothing fits a budget of {state.budget:.3g} {state.cost_axis}</div>"
+        return f"<div class='tx-card'>nothing fits a budget of {state.budget:.3g} {html.escape(state.cost_axis)}</div>"
     limit = "(no budget limit)" if math.isinf(state.budget) else f"under {state.budget:.3g} {state.cost_axis}"
     knobs = ", ".join(f"{k[5:]}={v}" for k, v in best.items() if k.startswith("knob_") and v is not None)
     return (f"<div class='tx-card'><b>best {html.escape(limit)}</b>: "
