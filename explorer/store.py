@@ -127,8 +127,9 @@ class Store:
                                   f"write to (--store, store=, or ${ENV})")
 
     def hashes(self) -> set[str]:
-        """Config hashes of every readable row."""
-        return {h for f in self._frames() for h in f[KEY].to_list()}
+        """Config hashes of every readable row (a file skipped by `frame`, say for a column of the
+        wrong type, does not count: a resumed sweep runs it again)."""
+        return set(self.frame()[KEY].to_list())
 
     def frame(self) -> pl.DataFrame:
         """Every row as one polars frame; techniques with different knobs share it (missing cells are null)."""
@@ -220,14 +221,12 @@ def kind(dtype) -> str:
 def concat(frames: list[pl.DataFrame], names: list[str] | None = None, folder: Path | None = None) -> pl.DataFrame:
     """Diagonal concat: rows from techniques with different knobs get nulls where a column is not theirs.
 
-    A file whose column has another kind of type than that column has in most files (an
+    A file whose result column has another kind of type than most files give it (an
     `accuracy` written as text) is skipped with a warning naming the file, the column and
-    both types, rather than turning the column into text for every row.
+    both types, rather than turning that column into text for every row. A knob column
+    may legitimately hold text for one technique and numbers for another: its values are
+    then all kept, as text; so is any column whose kinds are evenly split.
     """
-    try:
-        return pl.concat(frames, how="diagonal_relaxed")
-    except (pl.exceptions.SchemaError, pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError):
-        pass
     names = names or [f"frame {i}" for i in range(len(frames))]
     votes: dict[str, dict[str, int]] = {}
     for f in frames:
@@ -236,27 +235,37 @@ def concat(frames: list[pl.DataFrame], names: list[str] | None = None, folder: P
             if k != "null":
                 votes.setdefault(col, {}).setdefault(k, 0)
                 votes[col][k] += 1
-    usual = {col: max(v, key=v.get) for col, v in votes.items() if len(v) > 1}
+    split = {col: v for col, v in votes.items() if len(v) > 1}
+    usual: dict[str, str] = {}  # column -> the kind a file must have there
+    as_text: set[str] = set()  # columns read as text everywhere
+    for col, v in split.items():
+        ranked = sorted(v.values(), reverse=True)
+        if col.startswith("knob_") or ranked[0] == ranked[1]:
+            as_text.add(col)
+        else:
+            usual[col] = max(v, key=v.get)
     keep = []
     for name, f in zip(names, frames):
         odd = [(c, f.schema[c]) for c in usual if c in f.columns and kind(f.schema[c]) not in ("null", usual[c])]
         if odd:
             where = folder / name if folder is not None else name
-            what = "; ".join(f"column {c!r} is {d} where the other rows have {usual[c]}" for c, d in odd)
-            warnings.warn(f"results store: skipping {where}: {what} (move or delete that file)", stacklevel=4)
+            what = "; ".join(f"column {c!r} is {d} where the other rows have {usual[c]}s" for c, d in odd)
+            warnings.warn(f"results store: skipping {where}: {what} (fix or delete that file)", stacklevel=4)
         else:
             keep.append(f)
     if not keep:
         return pl.DataFrame(schema={KEY: pl.String})
-    try:
-        return pl.concat(keep, how="diagonal_relaxed")
-    except (pl.exceptions.SchemaError, pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError):
-        # A tie between kinds, or nested types that differ inside: keep every row by reading those
-        # columns as text everywhere.
-        clash = set(usual) | {c for f in keep for c, d in f.schema.items() if isinstance(d, (pl.List, pl.Struct))}
-        return pl.concat([f.with_columns([pl.col(c).cast(pl.String) for c in clash if c in f.columns
-                                          and not isinstance(f.schema[c], (pl.List, pl.Struct))]) for f in keep],
-                         how="diagonal_relaxed")
+    if as_text:
+        keep = [f.with_columns([text(f, c) for c in as_text if c in f.columns]) for f in keep]
+    return pl.concat(keep, how="diagonal_relaxed")
+
+
+def text(f: pl.DataFrame, column: str) -> pl.Expr:
+    """A column as text (nested values as JSON), for a column whose type differs between files."""
+    dtype = f.schema[column]
+    if isinstance(dtype, (pl.List, pl.Struct, pl.Array)):
+        return pl.col(column).map_elements(lambda v: None if v is None else str(v), return_dtype=pl.String)
+    return pl.col(column).cast(pl.String)
 
 
 # A temporary file is `.<key>.<pid>.<random>.tmp`; one whose writer is gone was left by a kill.

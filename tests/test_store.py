@@ -131,3 +131,33 @@ def test_two_processes_writing_at_once_lose_nothing(tmp_path):
     assert keys == {f"{me}{i:04d}" for me in ("p", "q", "shared") for i in range(150)}
     assert df.height == 450  # every shared key once, from whichever writer landed last
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_file_whose_result_column_has_another_type_is_skipped_with_a_warning_naming_it(tmp_path):
+    store = Store(tmp_path)
+    store.add([row("a1", accuracy=0.5), row("b2", accuracy=0.75), row("c3", accuracy="oops")])
+    with pytest.warns(UserWarning, match=r"skipping .*c3\.parquet: column 'accuracy' is String where the other "
+                                         r"rows have numbers"):
+        df = store.frame()
+    assert df.schema["accuracy"] == pl.Float64 and sorted(df["config_hash"]) == ["a1", "b2"]
+    with pytest.warns(UserWarning):
+        assert not store.has("c3")  # so a resumed sweep runs it again
+
+
+def test_leftover_temp_files_of_dead_writers_are_removed_when_the_store_opens(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".b2.{int(dead.stdout)}.deadbeef.tmp"
+    stale.write_bytes(b"")  # what a kill -9 between open and write leaves
+    live = tmp_path / f".c3.{os.getpid()}.cafe.tmp"  # a writer in this very process: in flight, kept
+    live.write_bytes(b"PAR1")
+    store = Store(tmp_path)
+    assert not stale.exists() and live.exists() and store.removed_tmp == [stale.name]
+    live.unlink()
+
+
+def test_an_old_temp_file_is_removed_even_if_its_pid_was_reused(tmp_path):
+    old = tmp_path / f".d4.{os.getppid()}.beef.tmp"  # a live pid (our parent), but a day old
+    old.write_bytes(b"")
+    os.utime(old, (time.time() - 86400, time.time() - 86400))
+    Store(tmp_path)
+    assert not old.exists()
