@@ -6,6 +6,7 @@ unless the caller turns it on.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +158,25 @@ def looks_like_path(text: str) -> bool:
     return text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep + os.sep in text
 
 
+@contextlib.contextmanager
+def quiet_weight_loading(quiet: bool = True):
+    """No "Loading weights" bar for a local folder: transformers draws one per load (four per lab move
+    that loads four models), and it says nothing a learner needs. A hub load keeps its bars: turning
+    transformers' off also hides huggingface_hub's download bars, which a 720 MB download needs."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    if not quiet:
+        yield
+        return
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 def load(name_or_path: str | os.PathLike, *, dtype: str = "float32", device: str = "cpu",
          trust_remote_code: bool = False) -> Model:
     """Load a model: `load("zoo-m")`, `load("smollm2-135m")`, `load("./my-model")`, `load("model.Q4_K_M.gguf")`
@@ -190,7 +210,8 @@ def load(name_or_path: str | os.PathLike, *, dtype: str = "float32", device: str
         where, revision = gguf.converted(where)
     kwargs = dict(trust_remote_code=trust_remote_code)
     try:
-        hf = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, use_safetensors=True, **kwargs)
+        with quiet_weight_loading(source != "hub"):
+            hf = AutoModelForCausalLM.from_pretrained(where, dtype=torch_dtype, use_safetensors=True, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
     except OSError as err:
         if source != "hub":

@@ -176,10 +176,10 @@ def sweep(models: Sequence[str] | str, tasks: Sequence[str] | str, techniques=No
     todo = [j for j in jobs if j.config_hash not in have]
     if executor != "local":  # longest first balances the workers; local keeps model order (one load each)
         todo.sort(key=lambda j: -weight_size(j.model))
-    if progress:
-        print(f"sweep: {len(jobs)} configurations, {len(jobs) - len(todo)} already in {store.path}", file=sys.stderr)
+    # What was already stored goes in the bar itself, not in a line of its own on stderr: a notebook
+    # paints stderr red, and a learner reads a red line as an error.
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), unit="run", disable=not progress,
-               desc=f"sweep ({executor})", file=sys.stderr)
+               desc=f"sweep ({executor}; {len(jobs) - len(todo)} of {len(jobs)} stored already)", file=sys.stderr)
     failed: list[Failed] = []
     try:
         for row in run_with.map(todo):
