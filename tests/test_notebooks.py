@@ -59,11 +59,12 @@ CLAIMS = {
 }
 # Claims whose outcome does not hang on timing noise or a close call: greedy speculative output is the
 # target's by construction, and the rest were decided by wide margins on this zoo (printed in the report).
+# No timing claim is here (a speed-up peak on a shared machine may come out NOT SHOWN; its numbers are
+# still required), nor a claim the zoo answers NOT SHOWN by a wide margin (bigger at 4 bits at equal bytes).
 MUST_SHOW = {
-    "speculative output unchanged", "speculative speed-up peaks at some draft length",
+    "speculative output unchanged",
     "3 bits and below break (zoo-m)", "3 bits and below break (zoo-l)",
     "8-bit near-lossless (zoo-m)", "8-bit near-lossless (zoo-l)",
-    "bigger at 4 bits beats smaller at 8 bits (multiplication)",
     "easy tokens exit earlier (zoo-l, addition)", "easy tokens exit earlier (zoo-l, sort)",
     "early exit skips most layers at small cost (zoo-l, addition)",
     "pass@k is log-linear in k (zoo-m, multiplication)", "pass@k is log-linear in k (zoo-s, subtraction)",
@@ -101,6 +102,36 @@ def test_each_notebook_runs_on_one_thread_states_its_claim_and_asks_for_a_predic
     text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
     assert "claim" in text.lower() and re.search(r"\(\D+ et al\. 20\d\d|\d{4}, \*", text), name
     assert "**Predict before you run.**" in text, name
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_claim_lines_wrap_between_words_and_parse_back_whole(name, capsys):
+    first = code_cells(read(name))[0]
+    claim_def = first[first.index("def claim"):]
+    scope = {}
+    exec("import textwrap\n" + claim_def, scope)
+    numbers = "zoo-l int4 0.852 [0.78, 0.90] at 1.83 MB vs zoo-m int8 0.781 [0.70, 0.84] at 1.29 MB; " * 3
+    scope["claim"]("a claim with a long name (zoo-l, sort)", True, numbers.strip())
+    out = capsys.readouterr().out
+    assert len(out.splitlines()) > 1 and all(len(line) <= 100 for line in out.splitlines()), out
+    words = numbers.split()
+    assert all(w in out.split() for w in words)  # no word broken across lines
+    m = CLAIM.search(unwrap(out))
+    assert m["verdict"] == "SHOWN" and m["numbers"] == numbers.strip(), out
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_notebooks_carry_the_metadata_a_kernel_would_write_so_opening_them_leaves_them_clean(name):
+    """JupyterLab writes the kernel's language_info and kernelspec into a notebook when its kernel starts;
+    a notebook that lacks them is marked unsaved the moment it opens."""
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    meta = read(name).metadata
+    spec = KernelSpecManager().get_kernel_spec(meta["kernelspec"]["name"])
+    assert meta["kernelspec"]["display_name"] == spec.display_name
+    assert meta["language_info"]["version"] == ".".join(map(str, sys.version_info[:3]))
+    assert {"codemirror_mode", "file_extension", "mimetype", "pygments_lexer"} <= set(meta["language_info"])
+    assert all(c.get("id") for c in read(name).cells)  # nbformat 4.5 ids: none added on open
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -144,6 +175,16 @@ def stdout(nb) -> str:
                    if o.output_type == "stream" and o.name == "stdout")
 
 
+def unwrap(text: str) -> str:
+    """A claim is printed wrapped between words, its continuation lines indented by four spaces."""
+    return re.sub(r"\n {4}(?=\S)", " ", text)
+
+
+def stderr(nb) -> str:
+    return "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                   if o.output_type == "stream" and o.name == "stderr")
+
+
 @pytest.fixture(scope="session")
 def workshop_store(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("workshop-store")
@@ -163,7 +204,7 @@ def executed(workshop_store):
     for name, (nb, wall) in runs.items():
         ran = RAN.search(stdout(nb))
         lines.append(f"{name:<13} {wall:6.1f}  {ran['cpu'] if ran else '?':>6}")
-        lines += [m.group(0) for m in CLAIM.finditer(stdout(nb))]
+        lines += [m.group(0) for m in CLAIM.finditer(unwrap(stdout(nb)))]
     jh.ARTIFACTS.mkdir(exist_ok=True)
     (jh.ARTIFACTS / "notebooks.txt").write_text("\n".join(lines) + "\n")
     print("\n" + "\n".join(lines))
@@ -175,7 +216,7 @@ def executed(workshop_store):
 def test_notebook_runs_and_prints_the_numbers_that_decide_its_claims(executed, name):
     nb, _ = executed[name]
     out = stdout(nb)
-    claims = {m["name"]: m for m in CLAIM.finditer(out)}
+    claims = {m["name"]: m for m in CLAIM.finditer(unwrap(out))}
     assert sorted(claims) == sorted(CLAIMS[name]), out
     for claim_name, m in claims.items():
         assert re.search(r"\d\.\d", m["numbers"]), f"{claim_name}: no measured number in {m['numbers']!r}"
@@ -183,6 +224,10 @@ def test_notebook_runs_and_prints_the_numbers_that_decide_its_claims(executed, n
             assert m["verdict"] == "SHOWN", m.group(0)
     if name in NAMES:
         assert HUB_SKIPPED in out  # offline: the optional cell says so instead of failing or hanging
+        assert all(len(line) <= 100 for line in out.splitlines() if line.startswith(("CLAIM", "    "))), out
+        # Quiet: JupyterLab paints stderr red, so nothing a learner should not read as an error goes there
+        # (no "Loading weights" bars, no sweep chatter; tqdm's bars are widgets in a kernel, not stderr text).
+        assert not re.search(r"Loading weights|sweep:|Warning|Error", stderr(nb)), stderr(nb)[-1000:]
     ran = RAN.search(out)
     assert ran is not None and int(ran["cpu"]) < CPU_GUARD_S, out[-500:]
 
