@@ -279,7 +279,7 @@ class Lab(w.VBox):
     def refresh(self) -> None:
         # One read of the store per refresh; filter moves (budget, cost axis, k) reuse it, since
         # new rows only arrive through a refresh.
-        df = self._frame = self.store.frame()
+        df = self._frame = self.runner.frame()  # stored rows + first estimates still being refined
         self.frontier.refresh(df)
         self.controls["budget"].fit()
         self._card(df)

@@ -1,45 +1,68 @@
 """The runner: the only part of the lab that asks the engine for runs.
 
 It watches the state store. When the selection needs rows the results store
-lacks, it runs them on one background thread (torch releases the GIL inside
-its kernels, so the kernel's UI stays responsive), debounced so a slider
-dragged across ten values starts one run, not ten. A newer selection
-supersedes an older one: the worker checks before each run and drops stale
-work. A run already started finishes and is stored (finished work is never
-thrown away). Filters (budget, cost axis, k) are not watched: they never run
-a model.
+lacks, it runs them in the background (torch releases the GIL inside its
+kernels, so the kernel's UI stays responsive), debounced so a slider dragged
+across ten values starts one run, not ten.
+
+Progressive: a full run of every selected model can take seconds to tens of
+seconds on a shared CPU, so each missing configuration first gets a *first
+estimate* on a few problems (`preview_n`, the first problems of the same
+seeded set), one model after another on a thread of its own, so every model
+has a point on the chart within about a second. Its Wilson interval is wide
+and says so. The full runs go on meanwhile on the main worker and replace each
+estimate as they land. First estimates live in memory only (`partial`), each
+marked `partial=True`: they are never written to the store, so a resume never
+takes one for a finished run.
+
+A newer selection supersedes an older one: both workers check before each run
+and drop stale work. A full run already started finishes and is stored
+(finished work is never thrown away). Filters (budget, cost axis, k) are not
+watched: they never run a model.
 """
 from __future__ import annotations
 
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable
+from typing import Any, Callable
 
-from explorer.executors import Failed, Job, try_job
+import polars as pl
+
+from explorer.executors import Failed, Job, run_job
+from explorer.models import load
 from explorer.store import Store
 from explorer.sweep import plan
 from explorer.techniques import Baseline
 from widgets.state import LabState
 
 REPEATS = 1  # one timed pass per live run: the lab favours a fast answer; sweeps can repeat
+PREVIEW_N = 8  # problems in a first estimate: enough for a point, with an interval that shows how rough
 
 
 class Runner:
     def __init__(self, state: LabState, store: Store, *, debounce_s: float = 0.3,
-                 on_rows: Callable[[], None] | None = None, autostart: bool = True):
+                 on_rows: Callable[[], None] | None = None, autostart: bool = True,
+                 preview_n: int | None = PREVIEW_N):
         self.state, self.store = state, store
         self.debounce_s = debounce_s
         self.on_rows = on_rows or (lambda: None)
+        self.preview_n = preview_n  # None or 0: no first estimates, full runs only
         self.models: dict = {}  # loaded models, shared by every run of this lab
         self.runs_started = 0
         # Configurations the engine refused for a model (a draft as big as its target): said
         # once in the status line and not tried again, so the other models' runs go ahead.
         self.refused: dict[str, str] = {}
+        # First estimates, by the full run's config_hash: memory only, never stored.
+        self.partial: dict[str, dict[str, Any]] = {}
         self._generation = 0
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
+        self._load_lock = threading.Lock()  # two workers must not load one model twice at once
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-runner")
+        self._preview_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-first-estimate")
         self.last: Future | None = None
+        self.last_preview: Future | None = None
+        self._progress = {"estimates": 0, "estimating": 0, "done": 0, "total": 0, "running": ""}
         watched = [n for n in state.trait_names()
                    if n not in state.filters() and n not in ("status", "busy", "progress", "selected")]
         state.observe(self._changed, names=watched)
@@ -55,6 +78,17 @@ class Runner:
     def missing(self) -> list[Job]:
         have = self.store.hashes() | set(self.refused)
         return [j for j in self.jobs() if j.config_hash not in have]
+
+    def frame(self, df: pl.DataFrame | None = None) -> pl.DataFrame:
+        """The stored rows plus the first estimates whose full run has not landed yet (marked
+        `partial`, with `n_examples` the problems they saw and `n_full` the n they stand in for)."""
+        df = self.store.frame() if df is None else df
+        have = set(df["config_hash"].to_list()) if df.height and "config_hash" in df.columns else set()
+        extra = [r for h, r in list(self.partial.items()) if h not in have]
+        if not extra:
+            return df
+        rows = pl.DataFrame(extra, infer_schema_length=None)
+        return pl.concat([df, rows], how="diagonal_relaxed") if df.height else rows
 
     def _changed(self, change) -> None:
         with self._lock:
@@ -90,8 +124,52 @@ class Runner:
             self.on_rows()
             return None
         self.state.busy = True
+        rough = [j for j in todo if self.preview_n and j.n > self.preview_n and j.config_hash not in self.partial]
+        self._progress = {"estimates": 0, "estimating": len(rough), "done": 0, "total": len(todo), "running": ""}
+        if rough:
+            self.last_preview = self._preview_pool.submit(self._estimate, generation, rough)
         self.last = self._pool.submit(self._work, generation, todo)
         return self.last
+
+    # -- first estimates ----------------------------------------------------------------
+
+    def _estimate(self, generation: int, todo: list[Job]) -> int:
+        """A first estimate of each job on its first `preview_n` problems, one model after another."""
+        made = 0
+        try:
+            for job in todo:
+                if generation != self._generation:
+                    return made
+                if job.config_hash in self.partial or job.config_hash in self.store.hashes():
+                    continue
+                small = plan(job.model, job.task, job.technique, n=self.preview_n, seed=job.seed,
+                             repeats=1, batch_size=job.batch_size)[0]
+                try:
+                    row = self._run(small)
+                except ValueError:
+                    continue  # a refused configuration: the full worker reports it
+                if generation != self._generation:
+                    return made
+                self.partial[job.config_hash] = dict(
+                    row, partial=True, n_full=job.n, preview_config_hash=row["config_hash"],
+                    config_hash=job.config_hash)
+                made += 1
+                self._progress["estimates"] = made
+                self._say(generation)
+                self.on_rows()
+        except Exception as err:  # noqa: BLE001 - an estimate is optional; the full run will say what broke
+            self._progress["estimating"] = 0
+            self.state.status = f"first estimate failed ({type(err).__name__}: {err}); the full runs go on"
+        return made
+
+    def _run(self, job: Job) -> dict[str, Any]:
+        """One run; raises ValueError when its technique refuses the configuration."""
+        with self._load_lock:  # run_job loads a model it lacks: once, whichever worker asks first
+            if job.model not in self.models:
+                self.models[job.model] = load(job.model)
+        return run_job(job, self.models)
+
+    # -- full runs --------------------------------------------------------------------------
 
     def _work(self, generation: int, todo: list[Job]) -> int:
         done = 0
@@ -101,16 +179,23 @@ class Runner:
                     self.state.status = "selection changed: dropped the older runs"
                     return done
                 self.state.progress = i / len(todo)
-                self.state.status = f"running {job.model} {job.technique.name} on {job.task} ({i + 1}/{len(todo)})"
+                self._progress.update(done=i, running=f"{job.model} {job.technique.name}")
+                self._say(generation)
                 self.runs_started += 1
-                row = try_job(job, self.models)
+                try:
+                    row = self._run(job)
+                except ValueError as err:
+                    row = Failed(job, str(err))
                 if isinstance(row, Failed):
                     self.refused[job.config_hash] = f"{job.model}: {row.error}"
+                    self.partial.pop(job.config_hash, None)
                     continue
                 self.store.add(row)
+                self.partial.pop(job.config_hash, None)  # the full run replaces its first estimate
                 done += 1
                 self.on_rows()
             self.state.progress = 1.0
+            self._progress.update(done=len(todo), running="")
             self.state.status = f"{done} new run{'' if done == 1 else 's'} stored in {self.store.path}" + self.skipped()
         except Exception as err:  # a failed run must reach the status line, not vanish in a thread
             self.state.status = f"run failed: {type(err).__name__}: {err}"
@@ -118,6 +203,20 @@ class Runner:
             if generation == self._generation:
                 self.state.busy = False
         return done
+
+    def _say(self, generation: int) -> None:
+        """One status line for both workers: what is estimated, what is being refined."""
+        if generation != self._generation:
+            return
+        p, s = self._progress, self.state
+        parts = []
+        if p["estimating"]:
+            parts.append(f"first estimates from {self.preview_n} problems: {p['estimates']} of {p['estimating']} "
+                         "(wide intervals)")
+        if p["running"]:
+            parts.append(f"refining to n={s.n} in the background: {p['done']} of {p['total']} done, "
+                         f"running {p['running']}")
+        s.status = "; ".join(parts)
 
     def skipped(self) -> str:
         """The refusals that apply to the current selection, for the status line."""
@@ -130,8 +229,11 @@ class Runner:
             self._timer.join(timeout)
         if self.last is not None:
             self.last.result(timeout)
+        if self.last_preview is not None:
+            self.last_preview.result(timeout)
 
     def close(self) -> None:
         if self._timer is not None:
             self._timer.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self._preview_pool.shutdown(wait=False, cancel_futures=True)

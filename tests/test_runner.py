@@ -1,0 +1,79 @@
+"""Progressive live runs: a first estimate on a few problems for every model, refined to full n in the
+background; estimates are never stored, and a newer move drops older work."""
+from __future__ import annotations
+
+import threading
+
+import polars as pl
+import pytest
+
+from explorer.store import Store
+from widgets.runner import Runner
+from widgets.state import LabState
+
+
+@pytest.fixture
+def gate():
+    """Holds a worker until set; always set at the end, or a held thread keeps the interpreter alive."""
+    event = threading.Event()
+    yield event
+    event.set()
+
+
+@pytest.fixture
+def runner(tmp_path):
+    state = LabState(models=["zoo-xs", "zoo-s"], task="addition", technique="quantize", bits=4, n=24)
+    r = Runner(state, Store(tmp_path / "store"), autostart=False, debounce_s=0.05, preview_n=4)
+    yield r
+    r.close()
+
+
+def test_every_model_gets_a_first_estimate_then_its_full_run(runner, gate):
+    seen_status, seen_partial = [], []
+    runner.state.observe(lambda ch: seen_status.append(ch["new"]), names="status")
+    runner.on_rows = lambda: seen_partial.append(runner.frame())
+    runner._pool.submit(gate.wait)  # hold the full worker: only first estimates can arrive
+    runner.schedule()
+    runner.last_preview.result(120)
+    estimates = runner.frame()
+    assert sorted(estimates.filter(pl.col("partial"))["model"].to_list()) == ["zoo-s", "zoo-s", "zoo-xs", "zoo-xs"]
+    assert set(estimates.filter(pl.col("partial"))["n_examples"]) == {4}
+    assert set(estimates.filter(pl.col("partial"))["n_full"]) == {24}
+    wide = estimates.filter(pl.col("partial"))
+    assert ((wide["accuracy_hi"] - wide["accuracy_lo"]) > 0.3).all()  # 4 problems: a wide Wilson interval
+    assert runner.store.frame().height == 0  # nothing stored yet: estimates live in memory only
+    assert any("first estimates from 4 problems" in s for s in seen_status)
+
+    gate.set()
+    runner.wait(300)
+    stored = runner.store.frame()
+    assert stored.height == 4 and set(stored["n_examples"]) == {24}
+    assert "partial" not in stored.columns  # an estimate never reaches the store, so resume never sees one
+    assert runner.partial == {} and runner.frame().height == 4
+    assert any("refining to n=24 in the background" in s for s in seen_status)
+    # Each estimate stood in for exactly the full run that replaced it.
+    first = seen_partial[0]
+    assert set(first["config_hash"]) <= set(stored["config_hash"])
+
+
+def test_a_newer_move_drops_older_estimates(runner, gate):
+    runner._preview_pool.submit(gate.wait)
+    runner._pool.submit(gate.wait)
+    runner.schedule()
+    older = runner.last_preview
+    runner.state.bits = 8  # the user moves on before the 4-bit estimates start
+    gate.set()
+    assert older.result(120) == 0
+    runner.wait(300)
+    hashes = runner.store.hashes()
+    assert {j.config_hash for j in runner.jobs()} <= hashes
+    assert runner.partial == {}
+
+
+def test_no_first_estimate_when_n_is_already_small(tmp_path):
+    state = LabState(models=["zoo-xs"], task="addition", technique="quantize", bits=4, n=4)
+    r = Runner(state, Store(tmp_path / "s"), autostart=False, preview_n=8)
+    r.schedule()
+    r.wait(120)
+    assert r.last_preview is None and r.store.frame().height == 2
+    r.close()
