@@ -57,6 +57,7 @@ class Runner:
         self._generation = 0
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
+        self._partial_lock = threading.Lock()  # storing a full row and dropping its estimate: one step
         self._load_lock = threading.Lock()  # two workers must not load one model twice at once
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-runner")
         self._preview_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-first-estimate")
@@ -148,11 +149,12 @@ class Runner:
                     row = self._run(small)
                 except ValueError:
                     continue  # a refused configuration: the full worker reports it
-                if generation != self._generation:
-                    return made
-                self.partial[job.config_hash] = dict(
-                    row, partial=True, n_full=job.n, preview_config_hash=row["config_hash"],
-                    config_hash=job.config_hash)
+                with self._partial_lock:  # the full run may have landed meanwhile: then it wins
+                    if generation != self._generation or job.config_hash in self.store.hashes():
+                        continue
+                    self.partial[job.config_hash] = dict(
+                        row, partial=True, n_full=job.n, preview_config_hash=row["config_hash"],
+                        config_hash=job.config_hash)
                 made += 1
                 self._progress["estimates"] = made
                 self._say(generation)
@@ -190,8 +192,9 @@ class Runner:
                     self.refused[job.config_hash] = f"{job.model}: {row.error}"
                     self.partial.pop(job.config_hash, None)
                     continue
-                self.store.add(row)
-                self.partial.pop(job.config_hash, None)  # the full run replaces its first estimate
+                with self._partial_lock:
+                    self.store.add(row)
+                    self.partial.pop(job.config_hash, None)  # the full run replaces its first estimate
                 done += 1
                 self.on_rows()
             self.state.progress = 1.0
