@@ -28,7 +28,7 @@ NOTEBOOKS = ROOT / "notebooks"
 NAMES = ["tour", "quantization", "early_exit", "speculative", "sampling", "budget"]
 # Lessons beyond the six trade-offs (issue 18): same conventions, no Hugging Face pair cell (an optional
 # real-model part, if any, prints its own skip note).
-LESSONS = ["memory_bound", "kbit_scaling", "pruning"]
+LESSONS = ["memory_bound", "kbit_scaling", "pruning", "test_time_allocation"]
 CLAIM = re.compile(r"^CLAIM (?P<name>.+?): (?P<verdict>SHOWN|NOT SHOWN) \| (?P<numbers>.+)$", re.M)
 RAN = re.compile(r"this notebook ran in (?P<wall>\d+) s \((?P<cpu>\d+) s of CPU in this kernel\)")
 HUB_SKIPPED = "Skipped the Hugging Face pair"
@@ -56,6 +56,8 @@ CLAIMS = {
                      for t in ("sort", "multiplication")],
     "kbit_scaling": [f"at fixed total bits 4-bit lies on or next to the frontier ({q})" for q in ("bits/char", "accuracy")],
     "pruning": ["structured FFN pruning is nearly free to 25% and costly by 70% (zoo-l)"],
+    "test_time_allocation": [f"allocating by {a} beats uniform majority at equal compute (zoo-s, addition, 4 samples "
+                             "per problem)" for a in ("early agreement", "difficulty")],
 }
 # Claims whose outcome does not hang on timing noise or a close call: greedy speculative output is the
 # target's by construction, and the rest were decided by wide margins on this zoo (printed in the report).
