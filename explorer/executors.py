@@ -94,6 +94,12 @@ class Ray:
     is started and shut down afterwards; with an address (``"127.0.0.1:6379"``,
     ``"ray://host:10001"`` or ``"auto"``) an existing cluster is joined, and left running.
     Rows come back to this process, which stores them, so workers need no shared disk.
+    A local cluster listens on loopback only: every server it starts (GCS, raylet, workers,
+    object manager, runtime-env agent, autoscaler monitor) binds 127.0.0.1, which
+    tests/test_ray_loopback.py checks with `ss -ltn`. Ray turns a loopback `_node_ip_address`
+    into the machine's reachable address unless it believes clusters are off, so
+    `start_ray` tells it so for the duration of `ray.init` (see `loopback_only`); the token
+    stays on as well.
     Workers import this engine through PYTHONPATH (set below), so a remote cluster needs it
     installed at the same path or as a package. Ray's clusters use token auth by default
     (`ray start` and local ones alike, one token in ~/.ray), but a driver sends no token
@@ -175,12 +181,46 @@ def start_ray(address: str | None, num_cpus: int | None, attempts: int = 3) -> N
                 # actor a worker it prestarted at init (1.6 s to the first job here, not 4.5 s).
                 os.environ.update(worker_env())
                 where = {"_node_ip_address": "127.0.0.1"}
-            ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, **where)
+            with loopback_only(address is None):
+                ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, **where)
             return
         except Exception as err:  # Ray raises a bare Exception for this
             if "timed out during startup" not in str(err) or attempt == attempts - 1:
                 raise
             ray.shutdown()
+
+
+class loopback_only:
+    """While a local cluster starts, make Ray keep 127.0.0.1 as the node address.
+
+    `ray.init(_node_ip_address="127.0.0.1")` alone is not enough: Ray replaces a loopback
+    address by the machine's reachable one (`services.resolve_ip_for_localhost`), so its
+    servers bind every interface or the network address. It keeps loopback when it believes
+    multi-node clusters are off (`ray_constants.ENABLE_RAY_CLUSTER`, what it does on macOS
+    and Windows), which is what this switches for the duration of `ray.init`. A Ray without
+    that switch is told nothing, and the ss test would then fail and say so.
+    """
+
+    def __init__(self, local: bool):
+        self.local = local
+        self.saved = None
+
+    def __enter__(self):
+        if self.local:
+            try:
+                from ray._private import ray_constants
+            except ImportError:  # pragma: no cover - another Ray layout: the ss test will say so
+                return self
+            self.module = ray_constants
+            self.saved = getattr(ray_constants, "ENABLE_RAY_CLUSTER", None)
+            if self.saved is not None:
+                ray_constants.ENABLE_RAY_CLUSTER = False
+        return self
+
+    def __exit__(self, *exc):
+        if self.saved is not None:
+            self.module.ENABLE_RAY_CLUSTER = self.saved
+        return False
 
 
 def worker_env() -> dict[str, str]:
