@@ -189,13 +189,25 @@ def read_at(df: pl.DataFrame, filters: Mapping[str, Any] | None = None) -> pl.Da
     A technique whose rows can be read again at another setting declares filters and a
     `read_at` hook (Sampling: `k`, any k <= the n samples it drew). `filters` maps filter
     names to values; a technique none of whose filters is given is left as stored.
+    A filter given as a list reads every row at each value (a sampling row at k = 1, 2, 4, ...:
+    one point per k, as a budget chart draws them); rows the filter leaves alone appear once.
     """
+    import itertools
+
     from explorer.techniques import declarations
 
     for d in declarations():
         given = {f.field: filters[f.name] for f in d.filters if filters and f.name in filters}
-        if d.read_at is not None and given and df.height:
-            df = d.read_at(df, **given)
+        if d.read_at is None or not given or not df.height:
+            continue
+        lists = {k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in given.items()}
+        combos = [dict(zip(lists, c)) for c in itertools.product(*lists.values())]
+        parts = [d.read_at(df, **c) for c in combos]
+        if len(parts) > 1:
+            key = ["config_hash", *[f"knob_{k}" for k in lists if f"knob_{k}" in df.columns]]
+            df = pl.concat(parts, how="diagonal_relaxed").unique(subset=key, keep="first", maintain_order=True)
+        else:
+            df = parts[0]
     return df
 
 
@@ -221,21 +233,18 @@ def points(df: pl.DataFrame, *, cost: str | Sequence[str] = "flops_per_problem_a
     if df.height == 0 or quality not in df.columns:
         return pl.DataFrame()
     df = with_derived(df.filter(pl.col(quality).is_not_null()), costs)
-    out = df
-    key = "config_hash" if "config_hash" in df.columns else None
-    if key is None:
-        out = df = df.with_row_index("config_hash").with_columns(pl.col("config_hash").cast(pl.String))
+    out = df = df.with_row_index("_point")  # one key per point (a run read at several k is several points)
     for axis in costs:
         if axis not in df.columns or df[axis].is_null().all() or not df.schema[axis].is_numeric():
             continue
-        marked = frontier(df.select([c for c in ("config_hash", axis, quality, f"{quality}_lo", f"{quality}_hi", *(
+        marked = frontier(df.select([c for c in ("_point", axis, quality, f"{quality}_lo", f"{quality}_hi", *(
             [by] if isinstance(by, str) else list(by or []))) if c in df.columns]),
             cost=axis, quality=quality, by=by, maximize=maximize, keep="all")
         extra = [pl.col("problems_to_decide").alias(f"problems_to_decide_{axis}")] \
             if "problems_to_decide" in marked.columns else []
-        out = out.join(marked.select("config_hash", pl.col("frontier_status").alias(f"status_{axis}"), *extra),
-                       on="config_hash", how="left")
-    return out
+        out = out.join(marked.select("_point", pl.col("frontier_status").alias(f"status_{axis}"), *extra),
+                       on="_point", how="left")
+    return out.sort("_point").drop("_point")
 
 
 def chart(df: pl.DataFrame, *, cost: str = "flops_per_token_analytic", quality: str = "accuracy",

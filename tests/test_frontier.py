@@ -182,3 +182,23 @@ def test_a_not_distinguishable_point_says_how_many_problems_would_decide():
     assert out[1.0]["problems_to_decide"] is None  # a frontier point needs no deciding
     bpc = frontier(df.with_columns(pl.col("accuracy") * 3), cost="cost", keep="all")  # not a proportion
     assert bpc["problems_to_decide"].is_null().all()
+
+
+def test_points_read_sampling_rows_at_each_k_and_judge_without_a_run():
+    """One function for every chart: a sampling row read at k = 1, 2, 4 is three points, its cost
+    per problem k times one sample's; the judge (aggregator) is a filter too."""
+    import explorer as ex
+    from explorer.frontier import points
+
+    sampled = ex.run("zoo-s", "sort", ex.Sampling(n=4), n=16, repeats=1)
+    greedy = ex.run("zoo-s", "sort", n=16, repeats=1)
+    df = pl.concat([pl.DataFrame([sampled]), pl.DataFrame([greedy])], how="diagonal_relaxed")
+    pts = points(df, cost="flops_per_problem_analytic", filters={"k": [1, 2, 4], "aggregator": "pass"})
+    s = pts.filter(pl.col("technique") == "sampling").sort("knob_k")
+    assert s["knob_k"].to_list() == [1, 2, 4] and set(s["knob_aggregator"]) == {"pass"}
+    cost = s["flops_per_problem_analytic"].to_list()
+    assert cost[1] == pytest.approx(2 * cost[0]) and cost[2] == pytest.approx(4 * cost[0])
+    assert s["accuracy"].to_list() == sorted(s["accuracy"].to_list())  # pass@k never falls with k
+    assert pts.filter(pl.col("technique") == "baseline").height == 1  # untouched rows appear once
+    many = points(df, cost=["weight_bytes", "flops_per_problem_analytic"], filters={"k": [1, 4]})
+    assert many.height == 3 and {"status_weight_bytes", "status_flops_per_problem_analytic"} <= set(many.columns)

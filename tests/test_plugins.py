@@ -161,7 +161,7 @@ def test_every_builtin_technique_declares_roles_knobs_and_an_axis():
             assert d.config(**{k.name: k.default}) is not None  # each default is valid for its config
         if d.view:
             assert d.detail_view().__name__ == d.view.split(":")[1]
-    assert decls["sampling"].read_at is not None and [f.name for f in decls["sampling"].filters] == ["k"]
+    assert decls["sampling"].read_at is not None and [f.name for f in decls["sampling"].filters] == ["k", "aggregator"]
 
 
 def test_the_widgets_name_no_technique():

@@ -6,6 +6,7 @@ line only read from it; the `Runner` is the only thing that runs models.
 from __future__ import annotations
 
 import html
+import inspect
 import math
 import warnings
 
@@ -310,7 +311,8 @@ class Lab(w.VBox):
             cls = d.detail_view()
             if cls is None:
                 continue
-            filters = {f.field: self.bounded(f, row) for f in d.filters}
+            accepts = inspect.signature(cls.from_row).parameters
+            filters = {f.field: self.bounded(f, row) for f in d.filters if f.field in accepts}
             try:
                 out.append(cls.from_row(row, **filters))
             except (KeyError, TypeError, ValueError, IndexError):
@@ -320,7 +322,7 @@ class Lab(w.VBox):
     def bounded(self, knob: Knob, row: dict):
         """A filter's value, no higher than the row's own bound (k <= the n samples it drew)."""
         value = getattr(self.state, knob.name, knob.default)
-        if knob.upto:
+        if knob.upto and isinstance(value, (int, float)):
             owner = next((k for d in declarations() for k in d.knobs if k.name == knob.upto), None)
             top = row.get(f"knob_{owner.field}") if owner else None
             if isinstance(top, (int, float)):

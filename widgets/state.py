@@ -153,6 +153,10 @@ class LabState(t.HasTraits):
             d.config(**values)
 
     def _check_filter(self, knob: Knob, value: Any) -> None:
+        if knob.options:
+            if value not in knob.values:
+                raise ValueError(f"valid: {', '.join(map(repr, knob.values))}")
+            return
         lo = knob.range[0] if knob.range else -math.inf
         hi = getattr(self, knob.upto) if knob.upto else (knob.range[1] if knob.range else math.inf)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:

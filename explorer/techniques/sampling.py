@@ -139,8 +139,13 @@ def k_grid(n: int) -> list[int]:
     knobs=[Knob("n", "samples", 16, range=(1, 64), options=(2, 4, 8, 16, 32, 64), name="samples",
                 unit="per problem")],
     # k <= n only re-reads the stored samples: no run (read_at_k).
-    filters=[Knob("k", "k", 16, range=(1, 64), step=1, upto="samples", unit="samples")],
-    read_at=lambda df, k: read_at_k(df, k),
+    # The judge too: every aggregator is computed from the same samples.
+    filters=[Knob("k", "k", 16, range=(1, 64), step=1, upto="samples", unit="samples"),
+             Knob("aggregator", "judge", None, options=(("as run", None), ("pass@k (exact checker)", "pass"),
+                                                        ("majority vote", "majority"),
+                                                        ("best of k by log-prob", "best_logprob"),
+                                                        ("best of k, imperfect checker", "best_verifier")))],
+    read_at=lambda df, k=None, aggregator=None: read_at_k(df, k, aggregator),
     # One sample count is enough: a Sampling row carries every k <= n, read from its stored samples.
     sweep=[{"n": [8], "aggregator": "majority"}],
     # It draws through a decoder at its own temperature: a stacked decoder takes it.
@@ -308,8 +313,11 @@ def model_logprobs(model, prompts: list[str], tokens: list[list[int]], max_new_t
     return (lp * scored[:, 1:]).double().sum(-1).tolist()
 
 
-def read_at_k(df, k: int):
+def read_at_k(df, k: int | None, aggregator: str | None = None):
     """`df` with each row that drew samples read at min(k, n) of them, from those stored (no generation).
+
+    `k=None` keeps each row's own k; `aggregator` (one of AGGREGATORS) judges every row's
+    samples that way instead of by the aggregator it ran with (`knob_aggregator` says which).
 
     A Sampling row is measured once with n draws per problem; any k <= n is a subset of
     those draws. The row's `accuracy` (its aggregator at k, with its bootstrap interval),
@@ -318,35 +326,42 @@ def read_at_k(df, k: int):
     """
     import polars as pl
 
-    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
         raise ValueError(f"k={k!r}; give a sample count of 1 or more")
+    if aggregator is not None and aggregator not in AGGREGATORS:
+        raise ValueError(f"aggregator={aggregator!r}; valid: {', '.join(AGGREGATORS)}")
     if df.height == 0 or not {"technique", "samples", "knob_n", "config_hash"} <= set(df.columns):
         return df
     # Every row that drew samples: Sampling alone or composed (quantize+sampling, early_exit+sampling).
     rows = df.filter(pl.col("samples").is_not_null() & pl.col("knob_n").is_not_null()).to_dicts()
     if not rows:
         return df
-    update = pl.DataFrame([at_k(row, min(k, int(row["knob_n"]))) for row in rows])
+    update = pl.DataFrame([at_k(row, min(k or int(row.get("knob_k") or row["knob_n"]), int(row["knob_n"])), aggregator)
+                           for row in rows])
     df = df.with_columns([pl.col(c).cast(update.schema[c]) for c in update.columns[1:] if c in df.columns])
     return df.update(update, on="config_hash")
 
 
-_at_k: dict[tuple[str, int], dict[str, Any]] = {}
+_at_k: dict[tuple[str, int, str | None], dict[str, Any]] = {}
 
 
-def at_k(row: Mapping, k: int) -> dict[str, Any]:
-    """One Sampling row's headline at k, memoized: a config_hash names one fixed set of samples."""
-    key = (row["config_hash"], k)
+def at_k(row: Mapping, k: int, aggregator: str | None = None) -> dict[str, Any]:
+    """One Sampling row's headline at k (judged by `aggregator`, else its own), memoized: a
+    config_hash names one fixed set of samples."""
+    key = (row["config_hash"], k, aggregator)
     if key not in _at_k:
         knobs = {f: row[f"knob_{f}"] for f in ("aggregator", "verifier_fpr", "verifier_fnr", "temperature", "top_p")
                  if row.get(f"knob_{f}") is not None}
+        if aggregator is not None:
+            knobs["aggregator"] = aggregator
         head = Sampling(n=int(row["knob_n"]), k=k, **knobs).headline(Samples.of(row), int(row.get("seed") or 0), row)
         if len(_at_k) > 4096:  # a slider's worth of values for many rows; drop the oldest half
             for old in list(_at_k)[:2048]:
                 del _at_k[old]
         _at_k[key] = {"config_hash": row["config_hash"], "accuracy": head["accuracy"],
                       "accuracy_lo": head["accuracy_lo"], "accuracy_hi": head["accuracy_hi"],
-                      "tokens_generated": float(head[f"tokens_generated_at_{k}"]), "knob_k": k}
+                      "tokens_generated": float(head[f"tokens_generated_at_{k}"]), "knob_k": k,
+                      "knob_aggregator": knobs.get("aggregator", Sampling.aggregator)}
         if row.get("bytes_moved_per_token_analytic") is not None:  # k samples: k times the reads per problem
             _at_k[key]["bytes_moved_per_problem_analytic"] = (
                 row["bytes_moved_per_token_analytic"] * _at_k[key]["tokens_generated"] / row["n_examples"])
