@@ -21,6 +21,13 @@ of all three speculative paths are checked against the target alone.
     python benchmarks/speculative.py --workload text    # long generations (48 tokens)
     python benchmarks/speculative.py --clock cpu         # on a machine shared with other jobs
     python benchmarks/speculative.py --target zoo-m --drafts zoo-xs --n 12 --repeats 3
+    python benchmarks/speculative.py --quick             # g = 2..4, 12 prompts, then batches 8 and 64 (~3 min)
+    python benchmarks/speculative.py --batch-sizes 8 64 --lengths 4   # batched: never slower than the target
+
+Batched (--batch-sizes): the technique as `explorer.run` runs it, greedy, against the
+target alone (explorer.generate) at the same batch size, interleaved: its speed-up,
+which mode ran (`spec_mode`: speculative, plain or mixed, from the length plan
+measured at that batch size) and the plan's lengths.
 """
 from __future__ import annotations
 
@@ -130,6 +137,11 @@ def measure(target, draft, g: int, work, repeats: int, clock: str) -> dict:
         "speedup_predicted": predicted,
         "measured_over_predicted": measured / predicted,
         "speedup_predicted_from_counts": tpc / (stats.draft_calls / stats.target_calls * c + v),
+        # Leviathan's tokens per call assume every round may run its full length; short answers
+        # cut rounds (the end token, max_new_tokens). This share is what truncation leaves of them,
+        # and measured over predicted-from-counts is what per-call overhead leaves of the rest.
+        "tokens_per_call_achieved_share": tpc / predicted_speedup(alpha, g, 0.0),
+        "measured_over_predicted_from_counts": measured / (tpc / (stats.draft_calls / stats.target_calls * c + v)),
         "speedup_hf_assisted": hf_speedup, "ours_over_hf_assisted": measured / hf_speedup,
         "hf_assisted_over_hf_plain": med["hf_plain"] / med["hf_assisted"],
         "ms_per_token_alone": 1e3 * med["alone"] / stats.tokens,
@@ -137,6 +149,45 @@ def measure(target, draft, g: int, work, repeats: int, clock: str) -> dict:
         "ms_per_token_hf_assisted": 1e3 * med["hf_assisted"] / stats.tokens,
         "identical": ours_tokens == outputs["alone"] == outputs["hf_assisted"],
     }
+
+
+def batched(target, draft_name: str, g: int, sizes: list[int], n: int, repeats: int, clock: str) -> list[dict]:
+    """Speculative (length plan per batch size) against the target alone, batched, interleaved."""
+    from explorer.speculative import SpecStats as Stats
+
+    technique = ex.Speculative(draft=draft_name, draft_len=g)
+    task = ex.tasks.get("addition")
+    prompts = [e.prompt for e in task.examples(n, 0)]
+    out = []
+    for b in sizes:
+        chunks = [prompts[i : i + b] for i in range(0, n, b)]
+        for c in chunks:  # measure each batch size's plan before anything is timed
+            technique.generate(target, c[:b], max_new_tokens=task.max_new_tokens, seed=0)
+        secs = {"alone": [], "spec": []}
+        gens = {}
+        for r in range(repeats + 1):
+            for k in (("alone", "spec") if r % 2 else ("spec", "alone")):
+                if k == "alone":
+                    fn = lambda: [generate(target.hf, target.tokenizer, c, max_new_tokens=task.max_new_tokens)
+                                  for c in chunks]  # noqa: E731
+                else:
+                    fn = lambda: [technique.generate(target, c, max_new_tokens=task.max_new_tokens, seed=0)
+                                  for c in chunks]  # noqa: E731
+                gens[k], took = timed(fn)
+                if r:
+                    secs[k].append(took[clock])
+        stats = Stats.total([x.stats for x in gens["spec"]])
+        plan = [technique.length_plan(target, technique.draft_model(target),
+                                      target.tokenizer(c, return_tensors="pt", padding=True)) for c in chunks[:1]][0]
+        out.append({"draft": draft_name, "draft_len": g, "batch": b,
+                    "spec_mode": stats.columns()["spec_mode"], "acceptance_rate": stats.acceptance_rate,
+                    "plan_cost_ratio": plan.cost_ratio, "plan_verify": [round(v, 2) for v in plan.verify],
+                    "plan_best_at_alpha_0.9": plan.best(0.9),
+                    "speedup": statistics.median(secs["alone"]) / statistics.median(secs["spec"]),
+                    "identical": [t for x in gens["spec"] for t in x.tokens]
+                    == [t for x in gens["alone"] for t in x.tokens]})
+        print(f"  batch {b} {draft_name} g<={g}: {out[-1]['spec_mode']}, speed-up {out[-1]['speedup']:.2f}x", flush=True)
+    return out
 
 
 def main(argv=None) -> None:
@@ -152,8 +203,18 @@ def main(argv=None) -> None:
     ap.add_argument("--clock", choices=list(CLOCKS), default="wall",
                     help="what speed-ups and costs are measured in; 'cpu' (process CPU seconds) "
                          "discounts time taken by other processes on a shared machine")
+    ap.add_argument("--batch-sizes", nargs="*", type=int, default=[],
+                    help="also run batched (e.g. 8 64): the technique's length plan against the target alone")
+    ap.add_argument("--batch-n", type=int, default=128, help="prompts for the batched runs")
+    ap.add_argument("--quick", action="store_true",
+                    help="lengths 2-4, 12 prompts, CPU clock, then batches 8 and 64 at draft_len 4 on 64 prompts")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.lengths, args.n, args.clock = [2, 3, 4], 12, "cpu"
+        args.batch_sizes, args.batch_n = args.batch_sizes or [8, 64], 64
     torch.set_num_threads(args.threads)
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs, "
+          f"torch {torch.__version__}")
 
     target = ex.load(args.target)
     work = workload(args.workload, args.n, args.seed)
@@ -180,7 +241,18 @@ def main(argv=None) -> None:
         print("\nbest draft length per draft (by measured speed-up):")
         print(best.select("draft", "draft_len", "acceptance_rate", "speedup_measured", "speedup_predicted",
                           "measured_over_predicted", "speedup_hf_assisted", "ours_over_hf_assisted",
-                          "meets_0.9x_predicted", "meets_1.2x_hf_assisted", "identical"))
+                          "meets_0.9x_predicted", "meets_1.2x_hf_assisted", "tokens_per_call_achieved_share",
+                          "measured_over_predicted_from_counts", "identical"))
+    if args.batch_sizes:
+        print(f"\nbatched, greedy, addition, {args.batch_n} prompts, {args.clock} clock, medians of {args.repeats}:")
+        with torch.inference_mode():
+            brows = [r for name in args.drafts
+                     for r in batched(target, name, max(args.lengths), args.batch_sizes, args.batch_n,
+                                      args.repeats, args.clock)]
+        bdf = pl.DataFrame(brows).with_columns((pl.col("speedup") >= 1.0).alias("meets_1.0x_target_alone"))
+        with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=300, float_precision=2,
+                       tbl_hide_column_data_types=True, tbl_hide_dataframe_shape=True, tbl_formatting="ASCII_MARKDOWN"):
+            print(bdf)
 
 
 if __name__ == "__main__":

@@ -285,6 +285,7 @@ class SpecStats:
     target_positions: int = 0  # token positions the target ran, the prompt's aside (for analytic FLOPs)
     draft_positions: int = 0
     steps: int = 0  # rounds: batched forwards of the target
+    plain_steps: int = 0  # rounds a length plan ran without proposals (plain decoding: speculating would cost more)
     position_judged: list[int] = field(default_factory=list)
     position_accepted: list[int] = field(default_factory=list)
 
@@ -320,7 +321,8 @@ class SpecStats:
         # tokens and steps are the row's tokens_generated and the Generation's steps already
         counts = {f.name: getattr(self, f.name) for f in fields(self)
                   if f.name not in ("draft_len", "tokens", "steps", "position_judged", "position_accepted")}
-        return counts | {"acceptance_rate": self.acceptance_rate,
+        mode = ("plain" if self.plain_steps == self.steps else "speculative" if not self.plain_steps else "mixed")
+        return counts | {"spec_mode": mode, "acceptance_rate": self.acceptance_rate,
                          "tokens_per_target_call": self.tokens_per_target_call,
                          "acceptance_by_position": self.position_acceptance}
 
@@ -329,6 +331,58 @@ class SpecStats:
 class Speculation(Generation):
     stats: SpecStats = None  # type: ignore[assignment]
     trace: list | None = None  # the rounds of `speculative_generate(trace=...)`, if asked for
+
+
+@dataclass(frozen=True)
+class LengthPlan:
+    """Costs measured at one batch size, to choose each round's draft length (0: plain decoding).
+
+    `verify[g]` is one target call over g + 1 tokens per row in units of a one-token
+    call (verify[0] = 1), `cost_ratio` a draft call in the same unit. At batch 1 on a
+    CPU verifying a few tokens costs little more than one; at batch 64 the target is
+    compute-bound and verifying g + 1 tokens costs nearly g + 1 calls, so no draft
+    length can pay. A round of length g yields (1 - a^(g+1)) / (1 - a) tokens
+    (Leviathan) for g c + verify[g]; the plan picks the g that yields most per unit,
+    with `alpha` the acceptance seen so far, and 0 when nothing beats one token per call.
+    """
+
+    cost_ratio: float
+    verify: tuple[float, ...]
+
+    def best(self, alpha: float) -> int:
+        def rate(g):
+            return predicted_speedup(alpha, g, self.cost_ratio) * (g * self.cost_ratio + 1) / (
+                g * self.cost_ratio + self.verify[g])
+
+        return max(range(len(self.verify)), key=lambda g: (rate(g), -g))
+
+
+# Until a call has judged proposals of its own, the plan assumes this acceptance (the zoo's
+# drafts reach 0.5-0.95); after that the call's running rate, pulled toward it by 4 proposals.
+PRIOR_ALPHA, PRIOR_WEIGHT = 0.7, 4
+
+
+@torch.inference_mode()
+def plan_lengths(target, draft, input_ids, *, max_len: int, attention_mask=None, calls: int = 5,
+                 clock=time.perf_counter) -> LengthPlan:
+    """Measure a `LengthPlan` on top of these prompts (their batch size): medians of `calls` calls."""
+    ids, mask = as_batch(input_ids, attention_mask)
+    tgt = as_decoder(target)
+    drf = None if draft is None or isinstance(draft, Draft) and not isinstance(draft, ModelDraft) else (
+        as_decoder(draft.decoder if isinstance(draft, ModelDraft) else draft))
+    tgt.start(ids, mask)
+    if drf is not None:
+        drf.start(ids, mask)
+    widths = {w: [] for w in range(1, max_len + 2)}
+    d = []
+    for _ in range(calls + 1):
+        for w in widths:
+            widths[w].append(step_seconds(tgt, w, clock))
+        if drf is not None:
+            d.append(step_seconds(drf, 1, clock))
+    one = statistics.median(widths[1][1:])
+    verify = tuple(statistics.median(v[1:]) / one for v in widths.values())
+    return LengthPlan(statistics.median(d[1:]) / one if d else 0.0, (1.0,) + verify[1:])
 
 
 def predicted_speedup(alpha: float, draft_len: int, cost_ratio: float) -> float:
@@ -418,7 +472,7 @@ def eos_of(target) -> int:
 def speculative_generate(target, draft, input_ids, *, draft_len: int, temperature: float,
                          max_new_tokens: int, generator=None,
                          adaptive: float | None = None, attention_mask=None,
-                         trace: list | None = None) -> Speculation:
+                         trace: list | None = None, plan: LengthPlan | None = None) -> Speculation:
     """Decode with `draft` proposing and `target` verifying; the output is the target's.
 
     `target` is an explorer Model, a transformers causal LM or a `Decoder`; `draft` is one of
@@ -432,6 +486,8 @@ def speculative_generate(target, draft, input_ids, *, draft_len: int, temperatur
     `trace`: a list to append one record per row per target call, `{"row", "accepted",
     "rejected", "bonus"}` (token ids; `bonus` is the target's own token, or None when the
     round ended on an accepted end-of-sequence): the token stream a learner can watch.
+    `plan`: a `LengthPlan` measured at this batch size; each round's length is then the
+    plan's best for the acceptance seen so far, capped by `draft_len` (0: a plain step).
     """
     check_knobs(draft_len, temperature, max_new_tokens, adaptive)
     check_pair(target, draft)
@@ -459,6 +515,11 @@ def speculative_generate(target, draft, input_ids, *, draft_len: int, temperatur
         live = rows.numel()
         left = torch.tensor([max_new_tokens - len(out[r]) for r in rows.tolist()])
         cap = (left - 1).clamp(max=draft_len)  # never propose past max_new_tokens
+        if plan is not None:
+            alpha = (stats.accepted + PRIOR_ALPHA * PRIOR_WEIGHT) / (stats.judged + PRIOR_WEIGHT)
+            g_plan = plan.best(alpha)
+            cap = cap.clamp(max=g_plan)
+            stats.plain_steps += g_plan == 0
         # per_row: with one generator per prompt, each live row keeps drawing from its own.
         drafts, qs, lens = drf.propose(cap, temperature, adaptive, eos, per_row(generator, rows), stats)
         g = drafts.shape[1]

@@ -98,3 +98,51 @@ def test_a_model_draft_and_a_draft_of_ones_own_pass_through_the_same_loop(target
     for draft in (EveryTokenIsOne(), ModelDraft(tiny_model), tiny_model):
         spec = speculative_generate(target, draft, enc, draft_len=3, temperature=0.0, max_new_tokens=10)
         assert spec.tokens == alone.tokens
+
+
+# --- batch size > 1: the draft length per batch size, plain decoding where nothing pays -------------
+
+def test_a_plan_picks_plain_decoding_when_verification_is_compute_bound():
+    from explorer.speculative import LengthPlan
+
+    bound = LengthPlan(0.1, (1.0, 2.0, 3.0, 4.0, 5.0))  # verifying g + 1 tokens costs g + 1 calls
+    assert [bound.best(a) for a in (0.0, 0.5, 0.9, 1.0)] == [0, 0, 0, 0]
+    cheap = LengthPlan(0.1, (1.0, 1.05, 1.1, 1.15, 1.2))  # batch 1 on a CPU: a few tokens cost about one
+    assert cheap.best(0.0) == 0 and cheap.best(0.5) >= 1 and cheap.best(0.9) == 4
+    assert cheap.best(0.9) >= cheap.best(0.6) >= cheap.best(0.3)  # surer drafts, longer rounds
+
+
+def test_a_batch_the_plan_decodes_plainly_gives_the_targets_output_and_says_so(target, monkeypatch):
+    from explorer import speculative as S
+    from explorer.techniques import speculative as TS
+
+    monkeypatch.setattr(TS, "plan_lengths", lambda *a, **k: S.LengthPlan(0.2, (1.0, 2.0, 3.0, 4.0)))
+    monkeypatch.setattr(TS, "_PLANS", __import__("weakref").WeakKeyDictionary())
+    technique = ex.Speculative(draft="zoo-xs", draft_len=3)
+    prompts = [e.prompt for e in T.get("addition").examples(6, 5)]
+    alone = generate(target.hf, target.tokenizer, prompts, max_new_tokens=8)
+    out = technique.generate(target, prompts, max_new_tokens=8, seed=0)
+    assert out.tokens == alone.tokens and out.tokens_generated == alone.tokens_generated
+    cols = technique.columns(target, [out])
+    assert cols["spec_mode"] == "plain" and cols["drafted"] == 0 and cols["draft_calls"] == 0
+    one = technique.generate(target, prompts[:1], max_new_tokens=8, seed=0)  # batch 1: fixed length, no plan
+    assert technique.columns(target, [one])["spec_mode"] == "speculative"
+
+
+def test_a_plan_that_changes_its_mind_mid_call_keeps_the_targets_output(target, tiny_model, monkeypatch):
+    from explorer import speculative as S
+
+    # Speculating pays here only while acceptance stays above about 0.8. The plan starts from an
+    # optimistic prior (0.95); zoo-xs drafting for zoo-s is accepted about 0.76 of the time, so once
+    # the call has seen some rounds it decodes plainly: rounds of both kinds run in one call.
+    monkeypatch.setattr(S, "PRIOR_ALPHA", 0.95)
+    plan = S.LengthPlan(0.5, (1.0, 1.3, 1.6, 1.9))
+    assert plan.best(0.95) > 0 and plan.best(0.76) == 0
+    prompts = [e.prompt for e in T.get("sort").examples(8, 1)] + repetitive_prompts()[:4]
+    alone = generate(target.hf, target.tokenizer, prompts, max_new_tokens=16)
+    spec = speculative_generate(target, tiny_model, encode(target.tokenizer, prompts, 200), draft_len=3,
+                                temperature=0.0, max_new_tokens=16, plan=plan)
+    assert spec.tokens == alone.tokens
+    s = spec.stats
+    assert s.columns()["spec_mode"] == "mixed" and 0 < s.plain_steps < s.steps and s.drafted > 0
+    assert s.tokens == s.accepted + s.target_calls - s.eos_accepted

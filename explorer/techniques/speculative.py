@@ -15,12 +15,13 @@ import dataclasses
 import functools
 import hashlib
 import statistics
+import weakref
 from typing import Any, ClassVar
 
 import torch
 
-from explorer.speculative import (DRAFTS, MAX_DRAFT_LEN, Draft, SpecStats, check_knobs, check_pair,
-                                  measure_costs, predicted_speedup, speculative_generate)
+from explorer.speculative import (DRAFTS, MAX_DRAFT_LEN, PRIOR_ALPHA, Draft, LengthPlan, SpecStats, Speculation, check_knobs,
+                                  check_pair, measure_costs, plan_lengths, predicted_speedup, speculative_generate)
 from explorer.techniques.base import DECODES, EVALUATES, Knob, Technique, technique
 
 
@@ -36,6 +37,10 @@ def _load_draft(name: str, stamp: tuple):
     from explorer.models import load
 
     return load(name)
+
+
+# Length plans per target model, by (draft, batch size, draft_len): measured once, a few calls each.
+_PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def digest(texts: list[str]) -> str:
@@ -69,6 +74,12 @@ class Speculative(Technique):
     draft's confidence that its proposals survive (SpecDec++-style); `draft_len`
     then caps each round. `temperature` 0 is greedy; above 0 the output follows
     the target's sampling distribution exactly.
+
+    Greedy at batch size > 1 with a fixed length, each round's draft length is chosen
+    from costs measured at that batch size (`explorer.speculative.LengthPlan`), with
+    `draft_len` as the cap; where verification is compute-bound, no length pays and
+    the batch decodes plainly with the target alone. The row's `spec_mode` says which
+    ran: "speculative", "plain" or "mixed".
     """
 
     name: ClassVar[str] = "speculative"
@@ -111,16 +122,48 @@ class Speculative(Technique):
 
         return samplers(seed, rows) if self.temperature > 0 else None
 
+    def plans_lengths(self, rows: int) -> bool:
+        """Whether a batch of `rows` prompts chooses its draft lengths from measured costs."""
+        return rows > 1 and self.temperature == 0 and self.adaptive is None
+
+    def length_plan(self, model, draft, enc) -> LengthPlan:
+        """The plan for this batch size, measured on first use (a few calls of each width)."""
+        rows = enc["input_ids"].shape[0]
+        plans = _PLANS.setdefault(model.hf, {})
+        key = (self.draft, getattr(self, "exit_layer", None), rows, self.draft_len)
+        if key not in plans:
+            plans[key] = plan_lengths(model, draft, enc, max_len=self.draft_len)
+        return plans[key]
+
     def generate(self, model, prompts: list[str], *, max_new_tokens: int, seed: int):
         from explorer.generate import encode
 
         enc = encode(model.tokenizer, prompts, model.facts.context - max_new_tokens)
+        draft = self.draft_model(model)
+        plan = self.length_plan(model, draft, enc) if self.plans_lengths(len(prompts)) else None
+        if plan is not None and plan.best(PRIOR_ALPHA) == 0:
+            # No length pays at the acceptance the plan starts from, and a plain round judges nothing
+            # that could change its mind: the whole batch decodes plainly, in the shared loop.
+            return self.plainly(model, prompts, max_new_tokens=max_new_tokens)
         trace: list[dict] = []
-        out = speculative_generate(model, self.draft_model(model), enc, draft_len=self.draft_len,
+        out = speculative_generate(model, draft, enc, draft_len=self.draft_len,
                                    temperature=self.temperature, max_new_tokens=max_new_tokens,
-                                   generator=self.sampler(seed, len(prompts)), adaptive=self.adaptive, trace=trace)
+                                   generator=self.sampler(seed, len(prompts)), adaptive=self.adaptive, trace=trace,
+                                   plan=plan)
         out.trace = [r for r in trace if r["row"] == 0]  # the first prompt's stream: enough to watch, small to store
         return out
+
+    def plainly(self, model, prompts: list[str], *, max_new_tokens: int) -> Speculation:
+        """Greedy decoding with the target alone (the shared loop), counted as plain rounds."""
+        from explorer.generate import generate
+
+        gen = generate(model.hf, model.tokenizer, prompts, max_new_tokens=max_new_tokens)
+        rounds = gen.steps + 1  # the prompt's call yields the first token
+        stats = SpecStats(self.draft_len, target_calls=gen.tokens_generated, tokens=gen.tokens_generated,
+                          target_positions=gen.tokens_generated, steps=rounds, plain_steps=rounds)
+        first = [{"accepted": [], "rejected": [], "bonus": t} for t in gen.tokens[0]] if gen.tokens else []
+        return Speculation(gen.tokens, gen.texts, gen.logprobs, gen.tokens_generated, gen.steps, stats,
+                           [dict(r, row=0) for r in first])
 
     def target_alone(self, model, prompts: list[str], *, max_new_tokens: int, seed: int):
         from explorer.generate import generate
@@ -147,6 +190,9 @@ class Speculative(Technique):
                                       seed=[example_seed(seed, i * batch_size + j) for j in range(len(c))])
                     for i, c in enumerate(chunks)]
 
+        if self.plans_lengths(len(chunks[0])):  # measure the plan before anything is timed
+            self.length_plan(model, self.draft_model(model), model.tokenizer(chunks[0], return_tensors="pt",
+                                                                                 padding=True))
         rows, walls_alone = [], []
         for _ in range(repeats):  # interleaved, so drift in machine load hits both sides alike
             rows.append(evaluate(self, model, task, examples, seed=seed, repeats=1, batch_size=batch_size))
