@@ -1,22 +1,44 @@
-"""How fast the lab answers: state change -> new chart data, cached and live.
+"""How fast the lab answers a move that needs runs: first estimate and final answer, progressive
+against today's path (full runs only), side by side in one run.
 
-Prints, side by side in one run:
-- cached: a bit-width change whose rows are all in the store, from `state.bits = v`
-  to the chart's new data (the spec the front end receives), over many changes;
-- filters: a budget change, from `state.budget = v` to the chart's param;
-- live: a bit-width nobody ran yet on zoo-m with 64 problems, to the first redraw;
-- and, for the record, the costlier path of replacing the whole Altair chart.
+For each scenario and each path, every trial starts from a copy of one store holding the
+selection before the move (so only the move's own runs are missing), with the models already
+loaded, then makes the move and times, from the state change:
+- first estimate: until EVERY selected model has a point for the new configuration on the
+  chart's data (a first estimate on a few problems, or the full row);
+- final: until every full row is stored.
+Today's path is the same runner with first estimates off (`preview_n=None`).
 
-Run: python benchmarks/lab.py [--model zoo-m] [--n 64]
+Scenarios (issue 16's list):
+- a bit-width change over four models (quantize 8 -> 4 bits, zoo-xs..zoo-l, n=64);
+- samples = 64 over three models (sampling 16 -> 64 samples, zoo-xs..zoo-m, n=64);
+- a draft change (speculative zoo-l, draft zoo-xs -> zoo-s, n=64).
+
+Run: python benchmarks/lab.py [--trials 3] [--only bits,samples,draft]
+The machine may be shared: the load average is printed with the results.
 """
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import statistics
 import tempfile
+import threading
 import time
+from pathlib import Path
 
 import torch
+
+SCENARIOS = {
+    # name: (selection before the move, the move, what it is)
+    "bits": (dict(models=["zoo-xs", "zoo-s", "zoo-m", "zoo-l"], task="addition", technique="quantize", bits=8),
+             {"bits": 4}, "bit-width change 8 -> 4, four models"),
+    "samples": (dict(models=["zoo-xs", "zoo-s", "zoo-m"], task="addition", technique="sampling", samples=16),
+                {"samples": 64}, "samples 16 -> 64, three models"),
+    "draft": (dict(models=["zoo-l"], task="addition", technique="speculative", draft="zoo-xs"),
+              {"draft": "zoo-s"}, "draft zoo-xs -> zoo-s, zoo-l"),
+}
 
 
 def pct(values, q):
@@ -24,65 +46,97 @@ def pct(values, q):
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
 
 
+def seed_store(selection: dict, n: int, models: dict) -> Path:
+    """A store holding the selection before the move (baselines and the old configuration)."""
+    from widgets.runner import Runner
+    from widgets.state import LabState
+    from explorer.store import Store
+
+    folder = Path(tempfile.mkdtemp(prefix="lab-bench-seed-"))
+    runner = Runner(LabState(**selection, n=n), Store(folder), autostart=False, preview_n=None)
+    runner.models = models
+    runner.schedule()
+    runner.wait(1800)
+    runner.close()
+    return folder
+
+
+def trial(seed: Path, selection: dict, move: dict, n: int, models: dict, preview_n: int | None):
+    """One move on a fresh copy of the seed store: (seconds to every model's first point, to final)."""
+    from widgets.runner import Runner
+    from widgets.state import LabState
+    from explorer.store import Store
+
+    folder = Path(tempfile.mkdtemp(prefix="lab-bench-"))
+    shutil.copytree(seed, folder, dirs_exist_ok=True)
+    state = LabState(**selection, n=n)
+    runner = Runner(state, Store(folder), autostart=False, preview_n=preview_n, debounce_s=0.3)
+    runner.models = models
+    runner.schedule()  # everything cached: no run
+    runner.wait(60)
+    first = threading.Event()
+    marks = {}
+
+    def on_rows():
+        if first.is_set():
+            return
+        try:
+            wanted = {j.config_hash for j in runner.jobs()}
+        except ValueError:
+            return
+        have = set(runner.frame()["config_hash"].to_list())
+        if wanted <= have:
+            marks["first"] = time.perf_counter()
+            first.set()
+
+    runner.on_rows = on_rows
+    t0 = time.perf_counter()
+    for name, value in move.items():
+        setattr(state, name, value)  # the move (debounced like a slider)
+    first.wait(1800)
+    runner.wait(1800)
+    final = time.perf_counter() - t0
+    runner.close()
+    shutil.rmtree(folder, ignore_errors=True)
+    return marks["first"] - t0, final
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--model", default="zoo-m")
+    ap.add_argument("--trials", type=int, default=3)
     ap.add_argument("--n", type=int, default=64)
-    ap.add_argument("--changes", type=int, default=40)
+    ap.add_argument("--only", default="bits,samples,draft")
     args = ap.parse_args()
     torch.set_num_threads(1)
 
-    from widgets import Lab
-    from widgets.frontier import chart
+    import explorer as ex
+    from widgets.runner import PREVIEW_N
 
-    lab = Lab(tempfile.mkdtemp(), models=[args.model], technique="quantize", bits=8, n=args.n)
-    lab.runner.wait(600)
-    for bits in (4, 6):  # fill the store for the cached changes
-        lab.state.bits = bits
-        lab.runner.wait(600)
+    load_before = os.getloadavg()
+    models = {m: ex.load(m) for m in ex.zoo.names()}
+    results = []
+    for key in args.only.split(","):
+        selection, move, what = SCENARIOS[key]
+        seed = seed_store(selection, args.n, models)
+        times = {"today": [], "progressive": []}
+        for _ in range(args.trials):  # interleaved, so a load spike hits both paths alike
+            for path, preview in (("today", None), ("progressive", PREVIEW_N)):
+                times[path].append(trial(seed, selection, move, args.n, models, preview))
+        shutil.rmtree(seed, ignore_errors=True)
+        results.append((what, times))
 
-    cached = []
-    for i in range(args.changes):
-        target = (4, 6, 8)[i % 3]
-        if lab.state.bits == target:
-            continue
-        before = lab.frontier.updates
-        t = time.perf_counter()
-        lab.state.bits = target
-        while lab.frontier.updates == before:
-            time.sleep(0.0005)
-        cached.append(time.perf_counter() - t)
-
-    filters = []
-    for i in range(args.changes):
-        t = time.perf_counter()
-        lab.state.budget = 1e5 * (1 + i)
-        assert lab.frontier.widget.params.budget == 1e5 * (1 + i)
-        filters.append(time.perf_counter() - t)
-
-    replace = []
-    rows = lab.frontier.rows(lab.store.frame())
-    for _ in range(10):
-        t = time.perf_counter()
-        lab.frontier.widget.chart = chart(rows, cost_axis=lab.state.cost_axis)
-        replace.append(time.perf_counter() - t)
-
-    before = lab.frontier.updates
-    t = time.perf_counter()
-    lab.state.bits = 3  # never run: a real quantize + 64 problems on the model
-    while lab.frontier.updates == before:
-        time.sleep(0.001)
-    live = time.perf_counter() - t
-    lab.runner.wait(600)
-
-    print(f"{'path':<44} {'median ms':>10} {'p95 ms':>8} {'n':>4}")
-    for name, xs in [("cached bit-width change -> chart data", cached),
-                     ("budget change -> chart param", filters),
-                     ("replace the whole Altair chart (not used)", replace)]:
-        print(f"{name:<44} {1000 * statistics.median(xs):>10.2f} {1000 * pct(xs, 95):>8.2f} {len(xs):>4}")
-    print(f"{'live run ' + args.model + f' n={args.n} -> first redraw':<44} {1000 * live:>10.0f} {'':>8} {1:>4}")
-    print("(debounce before a live run: %.0f ms, included)" % (1000 * lab.runner.debounce_s))
-    lab.runner.close()
+    print(f"lab moves that need runs, n={args.n}, {args.trials} trials each, first estimates on "
+          f"{PREVIEW_N} problems; times from the state change, debounce (300 ms) included")
+    print(f"{'move':<38} {'path':<12} {'first p50':>9} {'first p95':>9} {'final p50':>9} {'final p95':>9}  (s)")
+    for what, times in results:
+        for path, xs in times.items():
+            firsts, finals = [x[0] for x in xs], [x[1] for x in xs]
+            print(f"{what:<38} {path:<12} {statistics.median(firsts):>9.2f} {pct(firsts, 95):>9.2f} "
+                  f"{statistics.median(finals):>9.2f} {pct(finals, 95):>9.2f}")
+    load_after = os.getloadavg()
+    print(f"load average (1/5/15 min) before {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
+          f"after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}; {os.cpu_count()} cores; "
+          "torch one thread per run (first estimates and full runs use a thread each)")
 
 
 if __name__ == "__main__":

@@ -76,12 +76,14 @@ def check_positive(value, name: str, valid: str) -> int:
 
 
 def run(model: Model | str, task: T.Task | str, technique: Technique | None = None, *,
-        n: int = 200, seed: int = 0, repeats: int = 3, batch_size: int = 64) -> dict[str, Any]:
+        n: int = 200, seed: int = 0, repeats: int = 3, batch_size: int = 64, extras: bool = True) -> dict[str, Any]:
     """Evaluate `model` on `n` seeded examples of `task` under `technique`; return one row.
 
     n: 1..`explorer.tasks.MAX_N` examples (characters of the held-out passage for the likelihood
     task, at most its length). seed: a non-negative integer. repeats: timed repetitions (the
     median is kept). batch_size: prompts per forward; it changes timings only, never answers.
+    extras=False leaves out what a technique measures beside the task (its `variant_columns`, e.g.
+    quantization's KL on held-out text, seconds on their own): the lab's first estimates use it.
     """
     import torch
 
@@ -129,7 +131,8 @@ def run(model: Model | str, task: T.Task | str, technique: Technique | None = No
             examples = task.examples(n, seed)
             row |= technique.evaluate(variant, task, examples, seed=seed, repeats=repeats,
                                       batch_size=batch_size)
-        row |= technique.variant_columns(variant)
+        if extras:
+            row |= technique.variant_columns(variant)
         row |= bytes_moved_columns(variant, row, examples=examples if task.kind != "likelihood" else None,
                                    batch_size=batch_size)
     row["weight_bytes"] = variant.facts.weight_bytes

@@ -30,6 +30,7 @@ import polars as pl
 
 from explorer.executors import Failed, Job, run_job
 from explorer.models import load
+from explorer.runs import run
 from explorer.store import Store
 from explorer.sweep import plan
 from explorer.techniques import Baseline
@@ -37,6 +38,7 @@ from widgets.state import LabState
 
 REPEATS = 1  # one timed pass per live run: the lab favours a fast answer; sweeps can repeat
 PREVIEW_N = 8  # problems in a first estimate: enough for a point, with an interval that shows how rough
+ESTIMATES_WAIT_S = 20.0  # the full runs wait at most this long for the first estimates
 
 
 class Runner:
@@ -127,14 +129,17 @@ class Runner:
         self.state.busy = True
         rough = [j for j in todo if self.preview_n and j.n > self.preview_n and j.config_hash not in self.partial]
         self._progress = {"estimates": 0, "estimating": len(rough), "done": 0, "total": len(todo), "running": ""}
+        estimated = threading.Event()
         if rough:
-            self.last_preview = self._preview_pool.submit(self._estimate, generation, rough)
-        self.last = self._pool.submit(self._work, generation, todo)
+            self.last_preview = self._preview_pool.submit(self._estimate, generation, rough, estimated)
+        else:
+            estimated.set()
+        self.last = self._pool.submit(self._work, generation, todo, estimated)
         return self.last
 
     # -- first estimates ----------------------------------------------------------------
 
-    def _estimate(self, generation: int, todo: list[Job]) -> int:
+    def _estimate(self, generation: int, todo: list[Job], estimated: threading.Event) -> int:
         """A first estimate of each job on its first `preview_n` problems, one model after another."""
         made = 0
         try:
@@ -143,10 +148,12 @@ class Runner:
                     return made
                 if job.config_hash in self.partial or job.config_hash in self.store.hashes():
                     continue
-                small = plan(job.model, job.task, job.technique, n=self.preview_n, seed=job.seed,
-                             repeats=1, batch_size=job.batch_size)[0]
                 try:
-                    row = self._run(small)
+                    self._load(job.model)
+                    # Task accuracy and costs only: no fidelity extras (a quantized model's KL on
+                    # held-out text costs seconds whatever the number of problems).
+                    row = run(self.models[job.model], job.task, job.technique, n=self.preview_n, seed=job.seed,
+                              repeats=1, batch_size=job.batch_size, extras=False)
                 except ValueError:
                     continue  # a refused configuration: the full worker reports it
                 with self._partial_lock:  # the full run may have landed meanwhile: then it wins
@@ -162,18 +169,28 @@ class Runner:
         except Exception as err:  # noqa: BLE001 - an estimate is optional; the full run will say what broke
             self._progress["estimating"] = 0
             self.state.status = f"first estimate failed ({type(err).__name__}: {err}); the full runs go on"
+        finally:
+            estimated.set()
         return made
 
+    def _load(self, model: str) -> None:
+        with self._load_lock:  # once, whichever worker asks first
+            if model not in self.models:
+                self.models[model] = load(model)
+
     def _run(self, job: Job) -> dict[str, Any]:
-        """One run; raises ValueError when its technique refuses the configuration."""
-        with self._load_lock:  # run_job loads a model it lacks: once, whichever worker asks first
-            if job.model not in self.models:
-                self.models[job.model] = load(job.model)
+        """One full run; raises ValueError when its technique refuses the configuration."""
+        self._load(job.model)
         return run_job(job, self.models)
 
     # -- full runs --------------------------------------------------------------------------
 
-    def _work(self, generation: int, todo: list[Job]) -> int:
+    def _work(self, generation: int, todo: list[Job], estimated: threading.Event | None = None) -> int:
+        # The first estimates go first: on a shared CPU a full run beside them would slow the answer
+        # every model needs within a second or so. (An older full run still in flight is not waited
+        # for: the estimates have a thread of their own.)
+        if estimated is not None:
+            estimated.wait(ESTIMATES_WAIT_S)
         done = 0
         try:
             for i, job in enumerate(todo):
