@@ -28,7 +28,7 @@ NOTEBOOKS = ROOT / "notebooks"
 NAMES = ["tour", "quantization", "early_exit", "speculative", "sampling", "budget"]
 # Lessons beyond the six trade-offs (issue 18): same conventions, no Hugging Face pair cell (an optional
 # real-model part, if any, prints its own skip note).
-LESSONS = ["memory_bound", "kbit_scaling", "pruning", "test_time_allocation"]
+LESSONS = ["memory_bound", "kbit_scaling", "pruning", "test_time_allocation", "eval_variance"]
 CLAIM = re.compile(r"^CLAIM (?P<name>.+?): (?P<verdict>SHOWN|NOT SHOWN) \| (?P<numbers>.+)$", re.M)
 RAN = re.compile(r"this notebook ran in (?P<wall>\d+) s \((?P<cpu>\d+) s of CPU in this kernel\)")
 HUB_SKIPPED = "Skipped the Hugging Face pair"
@@ -58,6 +58,8 @@ CLAIMS = {
     "pruning": ["structured FFN pruning is nearly free to 25% and costly by 70% (zoo-l)"],
     "test_time_allocation": [f"allocating by {a} beats uniform majority at equal compute (zoo-s, addition, 4 samples "
                              "per problem)" for a in ("early agreement", "difficulty")],
+    "eval_variance": ["some differences the frontier draws are smaller than training-seed noise (zoo-s)",
+                      "seed noise exceeds eval-sampling noise (zoo-s, 200 problems)"],
 }
 # Claims whose outcome does not hang on timing noise or a close call: greedy speculative output is the
 # target's by construction, and the rest were decided by wide margins on this zoo (printed in the report).
