@@ -111,6 +111,8 @@ def simulate_verifier(correct: np.ndarray, fpr: float, fnr: float, seed: int) ->
         if not 0.0 <= v <= 1.0:
             raise ValueError(f"{name}={v!r}; a verifier error rate must lie in [0, 1]")
     correct = np.asarray(correct, dtype=bool)
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed={seed!r}; give a non-negative integer such as 0")
     u = np.random.default_rng(seed).random(correct.shape)
     return np.where(correct, u >= fnr, u < fpr)
 

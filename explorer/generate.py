@@ -130,11 +130,12 @@ def example_seed(seed: int, index: int, *salt: int) -> int:
 def samplers(seeds: int | Sequence[int], rows: int | None = None) -> list[torch.Generator]:
     """One torch.Generator per row: `seeds` is a list of per-row seeds, or a run seed with `rows`
     rows (row i then gets `example_seed(seed, i)`)."""
-    if isinstance(seeds, int) and not isinstance(seeds, bool):
+    if not isinstance(seeds, (list, tuple)):
+        seed = check_seed(seeds)
         if rows is None:
             raise ValueError("samplers(seed, rows): give the number of rows with a single seed")
-        seeds = [example_seed(check_seed(seeds), i) for i in range(rows)]
-    seeds = list(seeds)
+        seeds = [example_seed(seed, i) for i in range(rows)]
+    seeds = [check_seed(s, "seeds[i]") for s in seeds]
     if rows is not None and len(seeds) != rows:
         raise ValueError(f"{len(seeds)} seeds for {rows} rows; give one seed per row")
     return [torch.Generator().manual_seed(int(s)) for s in seeds]

@@ -61,6 +61,10 @@ def config_hash(model: Model | tuple[str, str], task: T.Task | str, technique: T
     key = {"model": name, "weights": revision, "dtype": dtype, "task": task_name,
            "task_format": task_format(task), "technique": technique.name, "knobs": technique.knobs(),
            "n": n, "seed": seed, "schema": SCHEMA_VERSION, "engine": ENGINE_VERSION}
+    source = getattr(T.tasks.get(task) if isinstance(task, str) and task in T.tasks else task,
+                     "source_fingerprint", "")
+    if source:  # a task read from a file: its content
+        key["task_source"] = source
     if tags:  # a model passed in already changed (a prepared variant)
         key["model_tags"] = tags
     others = technique.models()

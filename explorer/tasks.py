@@ -30,6 +30,7 @@ Same seed, same problems on any machine and in every format: generators use
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import random
 import re
@@ -175,6 +176,8 @@ class Task:
     wrap: Callable[[str], str] | None = field(default=None, repr=False, compare=False)
     first_line: bool = True  # read the reply up to its first newline (zoo format, few-shot prompts)
     _examples: Callable[[int, int, int | None], list[Problem]] | None = field(default=None, repr=False)
+    # A task read from a file: its content's sha256 prefix, in the row's key (an edited file is a new task).
+    source_fingerprint: str = field(default="", repr=False)
 
     def __post_init__(self):
         if self.kind not in ("generate", "likelihood"):
@@ -246,6 +249,8 @@ class Task:
 
     def examples(self, n: int, seed: int = 0, difficulty: int | None = None) -> list[Example]:
         """`n` examples in this task's format, difficulties cycled evenly unless one is given."""
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:  # 1.5 would seed a stream too
+            raise ValueError(f"seed={seed!r}; give a non-negative integer such as 0")
         return [self.render(p) for p in self.problems(n, seed, difficulty)]
 
     # -- replies
@@ -470,7 +475,8 @@ def from_jsonl(path: str | Path, *, name: str | None = None, verifier: str | Ver
     name = name or path.stem
     fmt = Format(lambda p: p.values[0], lambda p: p.result, verifier, max_new_tokens, chat=True)
     t = Task(name, "generate", description or f"{len(items)} problems from {path.name}",
-             tuple(sorted({p.difficulty for p in items})), formats={NATURAL: fmt}, _examples=draw)
+             tuple(sorted({p.difficulty for p in items})), formats={NATURAL: fmt}, _examples=draw,
+             source_fingerprint=hashlib.sha256(path.read_bytes()).hexdigest()[:16])
     return register(t) if register_it else t
 
 
