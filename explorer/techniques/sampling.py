@@ -308,9 +308,13 @@ def model_logprobs(model, prompts: list[str], tokens: list[list[int]], max_new_t
         mask[i, width - len(h) - len(t):] = 1
         scored[i, width - len(t):] = True
     with torch.inference_mode():
-        logits = model.hf(input_ids=ids, attention_mask=mask, position_ids=positions(mask)).logits.float()
-    lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None])[..., 0]
-    return (lp * scored[:, 1:]).double().sum(-1).tolist()
+        # Completions end every row (left padding), so only the last `tail + 1` positions need the
+        # output head: on a 49k-token vocabulary the head over the prompts cost more than the model.
+        tail = max(len(t) for t in tails)
+        logits = model.hf(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
+                          logits_to_keep=tail + 1).logits.float()
+    lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, -tail:, None])[..., 0]
+    return (lp * scored[:, -tail:]).double().sum(-1).tolist()
 
 
 def read_at_k(df, k: int | None, aggregator: str | None = None):

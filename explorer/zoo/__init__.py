@@ -65,3 +65,17 @@ def path(name: str) -> Path:
             f"zoo model {name!r} has no weights at {folder}; run `explorer zoo train` to create them"
         )
     return folder
+
+
+# Drafts for the real model SmolLM2-135M (explorer/zoo/distill.py): same tokenizer as their target,
+# shipped beside the family, loaded by name. `explorer zoo train smollm2-drafts` re-creates them.
+DRAFTS: tuple[str, ...] = ("smollm2-draft-distilled", "smollm2-draft-text")
+
+
+def draft_path(name: str) -> Path:
+    if name not in DRAFTS:
+        raise KeyError(f"unknown draft {name!r}; known: {', '.join(DRAFTS)}")
+    folder = weights_root() / name
+    if not (folder / "config.json").exists():
+        raise FileNotFoundError(f"draft {name!r} has no weights at {folder}; run `explorer zoo train smollm2-drafts`")
+    return folder
