@@ -240,3 +240,93 @@ class Int8DynamicLinear(torch.nn.Linear):
     def codes(self) -> torch.Tensor:
         """The weight as the int8 kernel holds it, dequantized."""
         return self.kernel.weight().dequantize()
+
+
+INT4_GROUPS = (32, 64, 128, 256)  # group sizes torch's CPU int4 matmul takes
+
+
+def int_codes(x: torch.Tensor, bits: int, symmetric: bool, group_size: int):
+    """Integer codes, scales and zero points of `round_groups` on groups of `group_size` columns.
+
+    Returns (codes (rows, cols) int, scale (rows, groups), zero (rows, groups)) with
+    dequantized = (codes - zero) * scale, exactly `quantize_weight`'s float32 values.
+    """
+    rows, cols = x.shape
+    g = x.float().reshape(rows, cols // group_size, group_size)
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        scale = fp16_scale(g.abs().amax(-1) / qmax)
+        codes = torch.round(g / scale[..., None]).clamp(-qmax, qmax)
+        zero = torch.zeros_like(scale)
+    else:
+        qmax = 2**bits - 1
+        lo, hi = g.amin(-1), g.amax(-1)
+        scale = fp16_scale((hi - lo) / qmax)
+        zero = torch.round(-lo / scale).clamp(0, qmax)
+        codes = torch.round(g / scale[..., None] + zero[..., None]).clamp(0, qmax)
+    return codes.reshape(rows, cols), scale, zero
+
+
+def int4_kernel_runs() -> bool:
+    """Whether torch's CPU int4 weight-only matmul exists and runs here."""
+    try:
+        w = torch.randint(0, 16, (32, 64), dtype=torch.int32)
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(w, 2)
+        sz = torch.zeros(2, 32, 2, dtype=torch.bfloat16)
+        torch.ops.aten._weight_int4pack_mm_for_cpu(torch.zeros(1, 64, dtype=torch.bfloat16), packed, 32, sz)
+        return True
+    except (RuntimeError, AttributeError):
+        return False
+
+
+class Int4WeightOnlyLinear(torch.nn.Linear):
+    """A Linear whose forward is torch's CPU int4 weight-only matmul (W4A16, bfloat16 activations).
+
+    Holds the 4-bit codes packed two to a byte and, per group of `group_size`
+    input columns, a scale and a zero (torch's layout: w = (q - 8) * scale + zero,
+    q in 0..15; our symmetric codes -7..7 are q - 8 with zero 0, our asymmetric
+    codes c with zero point z are q = c with zero (8 - z) * scale). `weight` keeps
+    the simulated quantizer's float32 values. What differs from the simulation:
+    activations, scales and zeros are rounded to bfloat16 for the matmul (the
+    kernel takes them in its activation dtype; float32 activations take a
+    reference path here 60x slower), and the output returns to float32.
+    """
+
+    def __init__(self, linear: torch.nn.Linear, deq: torch.Tensor, symmetric: bool, group_size: int):
+        super().__init__(linear.in_features, linear.out_features, bias=False, device="meta")
+        self.weight = torch.nn.Parameter(deq.float(), requires_grad=False)
+        self.bias = linear.bias
+        codes, scale, zero = int_codes(linear.weight.detach(), 4, symmetric, group_size)
+        q = (codes + 8) if symmetric else codes
+        z = zero * 0 if symmetric else (8 - zero) * scale
+        back = ((q.reshape(scale.shape[0], scale.shape[1], -1) - 8) * scale[..., None] + z[..., None]).reshape(deq.shape)
+        if not torch.allclose(back, deq.float(), rtol=0, atol=1e-6 * float(deq.abs().max()) + 1e-12):
+            raise ValueError("int4 kernel codes do not reproduce the simulated weights")  # a bug, not a user error
+        self.group_size = group_size
+        self.packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q.to(torch.int32).contiguous(), 2)
+        self.scales_zeros = torch.stack([scale, z], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = torch.ops.aten._weight_int4pack_mm_for_cpu(x.reshape(-1, shape[-1]).to(torch.bfloat16), self.packed,
+                                                       self.group_size, self.scales_zeros)
+        y = y.reshape(*shape[:-1], -1).to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+    def dequantized(self) -> torch.Tensor:
+        """The weight as the kernel holds it (scales and zeros in bfloat16), in float32."""
+        eye = torch.eye(self.in_features, dtype=torch.bfloat16)
+        return torch.ops.aten._weight_int4pack_mm_for_cpu(eye, self.packed, self.group_size,
+                                                          self.scales_zeros).float().T
+
+
+def int4_fits(mod, group_size: int) -> bool:
+    """Whether torch's int4 kernel takes this Linear (its groups must tile the input columns)."""
+    if type(mod) is not torch.nn.Linear or mod.in_features % group_size:
+        return False
+    try:
+        w = torch.zeros(mod.out_features, mod.in_features, dtype=torch.int32)
+        torch.ops.aten._convert_weight_to_int4pack_for_cpu(w, 2)
+        return True
+    except RuntimeError:
+        return False

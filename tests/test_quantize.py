@@ -176,10 +176,12 @@ def test_same_config_same_weights(tiny_model):
 
 
 def test_run_returns_a_row_that_says_which_kernel_ran(tiny_model):
-    sim = ex.run(tiny_model, "addition", Quantize(bits=4, group_size=32), n=20, repeats=1)
+    sim = ex.run(tiny_model, "addition", Quantize(bits=4, group_size=32, kernel="simulated"), n=20, repeats=1)
     assert sim["technique"] == "quantize" and sim["knob_bits"] == 4 and sim["knob_group_size"] == 32
     assert sim["kernel"] == "simulated" and sim["wall_s_is_kernel"] is False
     assert sim["weight_bytes"] == Quantize(bits=4, group_size=32).apply(tiny_model).facts.weight_bytes
+    assert ex.run(tiny_model, "addition", Quantize(bits=4, group_size=32), n=20, repeats=1)["kernel"] == \
+        ("int4-weight-only" if K.int4_kernel_runs() else "simulated")
     assert sim["bits_per_weight"] == pytest.approx(4.5, abs=0.01)
     real = ex.run(tiny_model, "addition", Quantize(bits=8), n=20, repeats=1)
     assert real["kernel"] == "int8-dynamic" and real["wall_s_is_kernel"] is True

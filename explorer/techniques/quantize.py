@@ -3,8 +3,11 @@
 `Quantize(bits=4, group_size=32).apply(model)` returns a new model whose weights
 are on the 4-bit grid; the original is untouched. Accuracy is simulated (rounded
 onto the grid, dequantized to float32) unless a real kernel for the format runs
-on this CPU: bf16 (16-bit fp e8m7) and int8-dynamic (8-bit symmetric int, one
-scale per output channel). The row's `kernel` column says which ran, and
+on this CPU: bf16 (16-bit fp e8m7), int8-dynamic (8-bit symmetric int, one
+scale per output channel) and int4-weight-only (4-bit int, symmetric or not,
+groups of 32, 64, 128 or 256 columns: torch's CPU int4 matmul, bfloat16
+activations; Linears it cannot take, and untied embeddings, stay simulated:
+`kernel_linears` on the model's tags counts those it runs). The row's `kernel` column says which ran, and
 `wall_s_is_kernel` says whether `wall_s` is that kernel's latency (True) or the
 float32 time of a simulation (False), which says nothing about low-bit speed.
 
@@ -111,13 +114,15 @@ class Quantize(Technique):
 
     @property
     def resolved_kernel(self) -> str:
-        """'bf16', 'int8-dynamic' or 'simulated': what `apply` will run."""
+        """'bf16', 'int8-dynamic', 'int4-weight-only' or 'simulated': what `apply` will run."""
         if self.kernel == "simulated":
             return "simulated"
         if self.format == "fp" and self.fp_format == "e8m7":
             return "bf16"
         if self.format == "int" and self.bits == 8 and self.symmetric and self.group_size is None:
             return "int8-dynamic"
+        if self.format == "int" and self.bits == 4 and self.group_size in K.INT4_GROUPS and K.int4_kernel_runs():
+            return "int4-weight-only"
         return "simulated"
 
     @property
@@ -151,14 +156,26 @@ class Quantize(Technique):
                 if kernel == "int8-dynamic" and isinstance(mod, torch.nn.Linear):
                     parent, _, child = name.rpartition(".")
                     setattr(hf.get_submodule(parent), child, K.Int8DynamicLinear(mod, deq))
+                elif kernel == "int4-weight-only" and K.int4_fits(mod, self.group_size):
+                    parent, _, child = name.rpartition(".")
+                    setattr(hf.get_submodule(parent), child,
+                            K.Int4WeightOnlyLinear(mod, deq, self.symmetric, self.group_size))
                 else:
                     mod.weight.copy_(deq)
+            head = hf.get_output_embeddings()
+            if (kernel == "int4-weight-only" and K.int4_fits(head, self.group_size)
+                    and head.weight is hf.get_input_embeddings().weight and self.lm_head):
+                # A head tied to the (quantized) embeddings: the same codes, through the kernel too.
+                hf.set_output_embeddings(K.Int4WeightOnlyLinear(head, head.weight.detach(), self.symmetric,
+                                                                self.group_size))
             if kernel == "bf16":
                 K.cast_bf16_(hf, [m for n, m in named_weighted(hf) if n not in layouts])
         hf.eval()
         weight_bytes = sum(lay.nbytes for lay in layouts.values()) + other_bytes(hf, layouts)
         quantized = sum(lay.numel for lay in layouts.values())
+        on_kernel = sum(isinstance(m, (K.Int8DynamicLinear, K.Int4WeightOnlyLinear)) for m in hf.modules())
         info = {"label": self.label, "knobs": self.knobs(), "kernel": kernel, "layouts": layouts,
+                "kernel_linears": on_kernel,  # Linears the kernel runs; other quantized weights are simulated
                 "weight_bits": weight_bits, "quantized_params": quantized,
                 "bits_per_weight": 8 * sum(lay.nbytes for lay in layouts.values()) / max(quantized, 1)}
         facts = dataclasses.replace(model.facts, name=f"{model.facts.name}+{self.label}",
@@ -236,7 +253,7 @@ def levels_per_group(weight, layout: K.Layout) -> int:
 
 # ----- quality and analytic cost -------------------------------------------------------
 
-ACTIVATION_BITS = {"int8-dynamic": 8, "bf16": 16, "simulated": 16}  # simulated: a W{bits}A16 kernel
+ACTIVATION_BITS = {"int8-dynamic": 8, "bf16": 16, "int4-weight-only": 16, "simulated": 16}  # simulated: a W{bits}A16 kernel
 REFERENCE_CACHE: dict[tuple, list] = {}
 
 
