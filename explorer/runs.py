@@ -12,6 +12,8 @@ from explorer import tasks as T
 from explorer.cost import bytes_moved_columns, flops_per_token, timed
 from explorer.models import Model, load
 from explorer.stats import bootstrap_mean, wilson
+from explorer.compose import compose, decodes, parts_of
+from explorer.evaluation import accuracy_columns, evaluate  # noqa: F401  (the one evaluation loop, re-exported)
 from explorer.techniques import Baseline, Technique
 
 SCHEMA_VERSION = 2
@@ -99,8 +101,6 @@ def run(model: Model | str, task: T.Task | str, technique: Technique | None = No
     check_positive(batch_size, "batch_size", "a positive integer (prompts per forward call)")
     technique = technique if technique is not None else Baseline()
     if isinstance(technique, (list, tuple)):  # several techniques as one configuration
-        from explorer.compose import compose
-
         technique = compose(*technique)
     if not isinstance(technique, Technique):
         raise TypeError(f"technique={technique!r}; expected a technique such as explorer.Baseline()")
@@ -152,54 +152,11 @@ def run(model: Model | str, task: T.Task | str, technique: Technique | None = No
 
 def check_scores_only(technique: Technique, task: T.Task) -> None:
     """A likelihood task scores the prepared model; a technique that decodes would not show in it."""
-    from explorer.compose import decodes, parts_of
-
     decoding = [p.name for p in parts_of(technique) if decodes(p)]
     if decoding:
         raise ValueError(f"task {task.name!r} scores text with the (prepared) model; {', '.join(decoding)} "
                          f"changes decoding, which this task never does. Use a generative task: "
                          f"{', '.join(T.GENERATIVE)}")
-
-
-def evaluate(technique: Technique, model: Model, task: T.Task, examples: list[T.Example], *,
-             seed: int, repeats: int, batch_size: int) -> dict[str, Any]:
-    """The one evaluation loop: decode in batches, verify, count, time."""
-    from explorer.generate import example_seed
-
-    n = len(examples)
-    chunks = [examples[i : i + batch_size] for i in range(0, n, batch_size)]
-
-    def decode_all():  # each prompt seeded by its index in the run, not its place in a batch
-        return [technique.generate(model, [e.prompt for e in c], max_new_tokens=task.max_new_tokens,
-                                   seed=[example_seed(seed, i * batch_size + j) for j in range(len(c))])
-                for i, c in enumerate(chunks)]
-
-    gens, wall, _ = timed(decode_all, repeats)
-    texts = [t for g in gens for t in g.texts]
-    correct = [task.verify(e, t) for e, t in zip(examples, texts)]
-    k = sum(correct)
-    prompt_len = sum(len(model.tokenizer(e.prompt)["input_ids"]) for e in examples) / n
-    tokens = sum(g.tokens_generated for g in gens)
-    row = accuracy_columns(examples, correct)
-    row |= {
-        "flops_per_token_analytic": flops_per_token(model.hf.config, prompt_len + tokens / n / 2),
-        "tokens_generated": tokens,
-        "wall_s": wall,
-        "wall_s_per_token": wall / max(tokens, 1),
-    }
-    row |= technique.columns(model, gens)
-    return row
-
-
-def accuracy_columns(examples: list[T.Example], correct: list[bool], prefix: str = "accuracy") -> dict[str, Any]:
-    """Accuracy with its Wilson 95% interval, overall and per difficulty."""
-    k, n = sum(correct), len(correct)
-    lo, hi = wilson(k, n)
-    row = {prefix: k / n, f"{prefix}_lo": lo, f"{prefix}_hi": hi, "interval": "wilson95", "correct": k}
-    for d in sorted({e.difficulty for e in examples}):
-        flags = [c for e, c in zip(examples, correct) if e.difficulty == d]
-        row[f"{prefix}_d{d}"] = sum(flags) / len(flags)
-    return row
 
 
 def likelihood(model: Model, text: str, n: int, repeats: int, window: int = 64) -> dict[str, Any]:

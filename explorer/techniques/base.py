@@ -47,6 +47,8 @@ import dataclasses
 import importlib
 from typing import Any, Callable, ClassVar, Iterable, Mapping
 
+from explorer import evaluation
+from explorer import generate as generation
 from explorer.registry import Registry
 
 CHANGES_WEIGHTS, DECODES, AGGREGATES, EVALUATES = "changes_weights", "decodes", "aggregates_samples", "evaluates"
@@ -75,9 +77,7 @@ class Technique:
         return self.prepare(model)
 
     def generate(self, model, prompts: list[str], *, max_new_tokens: int, seed: int):
-        from explorer.generate import generate
-
-        return generate(model.hf, model.tokenizer, prompts, max_new_tokens=max_new_tokens)
+        return generation.generate(model.hf, model.tokenizer, prompts, max_new_tokens=max_new_tokens)
 
     def columns(self, model, generations: list) -> dict[str, Any]:
         return {}
@@ -87,9 +87,7 @@ class Technique:
         return {}
 
     def evaluate(self, model, task, examples, *, seed: int, repeats: int, batch_size: int) -> dict[str, Any]:
-        from explorer.runs import evaluate
-
-        return evaluate(self, model, task, examples, seed=seed, repeats=repeats, batch_size=batch_size)
+        return evaluation.evaluate(self, model, task, examples, seed=seed, repeats=repeats, batch_size=batch_size)
 
 
 @dataclasses.dataclass(frozen=True)
