@@ -20,6 +20,8 @@ from typing import Any, ClassVar
 from explorer.generate import Generation
 from explorer.layerwise import CRITERIA, ExitingModel, ExitRule, ExitStats
 from explorer.techniques.base import DECODES, Knob, Technique, technique
+from explorer.cost import flops_per_token
+from explorer.generate import generate, samplers
 
 
 @dataclass
@@ -86,8 +88,6 @@ class EarlyExit(Technique):
         return model
 
     def generate(self, model, prompts: list[str], *, max_new_tokens: int, seed: int):
-        from explorer.generate import generate, samplers
-
         runner = self.runner(model)
         generator = samplers(seed, len(prompts)) if self.temperature > 0 else None  # one per prompt
         gen = generate(runner, model.tokenizer, prompts, max_new_tokens=max_new_tokens,
@@ -127,8 +127,6 @@ def token_strings(tokenizer, ids: list[int], n: int) -> list[str]:
 
 def exit_flops(config, context: float, exit_layers: list[int], first_head: int) -> dict[str, float]:
     """Analytic FLOPs per token counting what ran: layers to the exit, K/V fills above, every LM head read."""
-    from explorer.cost import flops_per_token
-
     depth, d = config.num_hidden_layers, config.hidden_size
     n = max(len(exit_layers), 1)
     mean_exit = sum(exit_layers) / n if exit_layers else depth

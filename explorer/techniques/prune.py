@@ -42,6 +42,8 @@ import math
 from typing import Any, ClassVar
 
 from explorer.techniques.base import CHANGES_WEIGHTS, Knob, Technique, technique
+from explorer.cost import flops_per_token
+from explorer.models import facts_of
 
 SCORES = ("magnitude", "wanda")
 MASKS = ("none", "unstructured", "2:4")
@@ -145,7 +147,6 @@ class Prune(Technique):
         """A new pruned `Model` (`model` is untouched); `texts` calibrate Wanda scores."""
         import torch
 
-        from explorer.models import facts_of
 
         blocks = decoder_layers(model.hf)
         depth = len(blocks)
@@ -277,8 +278,6 @@ class Prune(Technique):
     # ----- what the row carries ---------------------------------------------------------
 
     def variant_columns(self, model) -> dict[str, Any]:
-        from explorer.cost import flops_per_token
-
         info = model.tags.get("prune")
         if info is None:
             return {}

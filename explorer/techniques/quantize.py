@@ -25,6 +25,8 @@ from typing import Any, ClassVar
 
 from explorer import quant_kernels as K
 from explorer.techniques.base import CHANGES_WEIGHTS, Knob, Technique, technique
+from explorer.cost import flops_per_token, matmul_params
+from explorer.tasks import heldout_text
 
 FORMATS = ("int", "fp")
 KERNELS = ("auto", "simulated")
@@ -283,7 +285,6 @@ def fidelity(model, reference, text: str | None = None) -> dict[str, float]:
     """
     import torch
 
-    from explorer.tasks import heldout_text
 
     text = heldout_text() if text is None else text
     xs = windows(reference, text)
@@ -315,7 +316,6 @@ def bit_flops_per_token(model, context: float = 128.0) -> float:
     """
     import torch
 
-    from explorer.cost import flops_per_token, matmul_params
 
     info = model.tags.get("quantize")
     full = model.tags.get("full_precision", model)

@@ -22,6 +22,10 @@ import numpy as np
 
 from explorer import aggregate as agg
 from explorer.techniques.base import AGGREGATES, Knob, Technique, technique
+from explorer.cost import flops_per_token, timed
+from explorer import generate as generation
+from explorer.generate import example_seed, positions, samplers
+from explorer.stats import bootstrap_mean
 
 AGGREGATORS = ("pass", "majority", "best_logprob", "best_verifier")
 # Rows per generate call: throughput on CPU is flat from about 64 rows up (zoo-s, zoo-m),
@@ -32,7 +36,6 @@ ROWS_PER_CALL = 256
 @dataclass(frozen=True, eq=False)
 class Samples:
     """Every sample of a run, problems by rows, draws by columns."""
-
     answers: list[list[str]]  # parsed answer of each sample (what the verifier judged)
     correct: np.ndarray  # (problems, n) verdicts
     logprob: np.ndarray  # (problems, n) summed log-probability under the model, incl. end-of-sequence
@@ -213,7 +216,6 @@ class Sampling(Technique):
                  decoder: Technique | None = None) -> dict[str, Any]:
         """Draw `n` samples per problem, by the model's own sampling or, composed with a decoder
         (majority vote over early-exit samples), through that decoder at this temperature."""
-        from explorer.cost import flops_per_token, timed
 
         # One generate call per group of whole problems, each prompt repeated n times. Every
         # sample draws from its own generator, seeded from (seed, problem, sample), so the
@@ -243,8 +245,6 @@ class Sampling(Technique):
 
     def headline(self, samples: Samples, seed: int, row: dict[str, Any]) -> dict[str, Any]:
         """Accuracy at (aggregator, k) with a bootstrap interval, and every aggregator on the k grid."""
-        from explorer.stats import bootstrap_mean
-
         ks = sorted(set(k_grid(self.n)) | {self.k})
         values = per_problem(samples, ks, fpr=self.verifier_fpr, fnr=self.verifier_fnr, seed=seed)
         head = values[self.aggregator][:, ks.index(self.k)]
@@ -264,7 +264,6 @@ class Sampling(Technique):
              ) -> tuple[list[str], np.ndarray, np.ndarray, list]:
         """All samples: texts, model log-probabilities and token counts, in problem-major order,
         and the generations they came from."""
-        from explorer.generate import example_seed, generate, samplers
 
         texts, logprob, tokens, gens = [], [], [], []
         first = 0  # index of the group's first problem in the run
@@ -275,8 +274,8 @@ class Sampling(Technique):
             if decoder is not None:  # the decoder seeds its own sampler, one seed per sample
                 g = decoder.generate(model, prompts, max_new_tokens=task.max_new_tokens, seed=seeds)
             else:
-                g = generate(model.hf, model.tokenizer, prompts, max_new_tokens=task.max_new_tokens,
-                             temperature=self.temperature, top_p=self.top_p, generator=samplers(seeds))
+                g = generation.generate(model.hf, model.tokenizer, prompts, max_new_tokens=task.max_new_tokens,
+                                        temperature=self.temperature, top_p=self.top_p, generator=samplers(seeds))
             gens.append(g)
             texts += g.texts
             # A row that stopped early also decoded its end-of-sequence token.
@@ -293,7 +292,6 @@ def model_logprobs(model, prompts: list[str], tokens: list[list[int]], max_new_t
     under the untempered model: one teacher-forced forward pass, no decoding."""
     import torch
 
-    from explorer.generate import positions
 
     tok = model.tokenizer
     eos, pad = tok.eos_token_id, tok.pad_token_id

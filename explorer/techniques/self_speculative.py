@@ -24,6 +24,7 @@ from typing import ClassVar
 from explorer.layerwise import first_layers
 from explorer.techniques.base import DECODES, EVALUATES, Knob, technique
 from explorer.techniques.speculative import Speculative
+from explorer.models import facts_of, Model
 
 # One view per (model, exit layer): building it costs milliseconds, but the
 # technique asks for its draft on every batch.
@@ -58,8 +59,6 @@ class SelfSpeculative(Speculative):
 
     def draft_model(self, target=None):
         """The target's first `exit_layer` layers as an explorer Model (sharing the target's weights)."""
-        from explorer.models import Model, facts_of
-
         if target is None:
             raise ValueError("SelfSpeculative drafts with the target's own layers; call draft_model(target)")
         views = _VIEWS.setdefault(target.hf, {})
@@ -74,8 +73,6 @@ class SelfSpeculative(Speculative):
 
     def prepare(self, model):
         """The target itself: the draft shares its weights, so no bytes are added."""
-        from explorer.models import Model
-
         self.draft_model(model)  # refuse an exit layer the model does not have, before decoding
         return Model(model.hf, model.tokenizer, model.facts, {**model.tags, "self_speculative_exit_layer":
                                                               self.exit_layer})

@@ -23,19 +23,20 @@ import torch
 from explorer.speculative import (DRAFTS, MAX_DRAFT_LEN, PRIOR_ALPHA, Draft, LengthPlan, SpecStats, Speculation, check_knobs,
                                   check_pair, measure_costs, plan_lengths, predicted_speedup, speculative_generate)
 from explorer.techniques.base import DECODES, EVALUATES, Knob, Technique, technique
+from explorer.cost import flops_per_token, timed
+from explorer.fingerprint import stamp
+from explorer.generate import encode, example_seed, generate, samplers
+from explorer.models import load, Model
+from explorer.evaluation import accuracy_columns, evaluate
 
 
 def load_draft(name: str):
     """The draft model, loaded once per version of its weights (a retrained draft is loaded again)."""
-    from explorer.fingerprint import stamp
-
     return _load_draft(name, stamp(name))
 
 
 @functools.lru_cache(maxsize=4)
 def _load_draft(name: str, stamp: tuple):
-    from explorer.models import load
-
     return load(name)
 
 
@@ -108,8 +109,6 @@ class Speculative(Technique):
 
     def prepare(self, model):
         """The target, checked against the draft; its weight bytes count the draft's too."""
-        from explorer.models import Model
-
         draft = self.draft_model(model)
         check_pair(model, draft)
         extra = 0 if isinstance(draft, Draft) else draft.facts.weight_bytes
@@ -118,8 +117,6 @@ class Speculative(Technique):
 
     def sampler(self, seed, rows: int):
         """One generator per prompt (seeded per example), or None when greedy."""
-        from explorer.generate import samplers
-
         return samplers(seed, rows) if self.temperature > 0 else None
 
     def plans_lengths(self, rows: int) -> bool:
@@ -136,8 +133,6 @@ class Speculative(Technique):
         return plans[key]
 
     def generate(self, model, prompts: list[str], *, max_new_tokens: int, seed: int):
-        from explorer.generate import encode
-
         enc = encode(model.tokenizer, prompts, model.facts.context - max_new_tokens)
         draft = self.draft_model(model)
         plan = self.length_plan(model, draft, enc) if self.plans_lengths(len(prompts)) else None
@@ -166,8 +161,6 @@ class Speculative(Technique):
                            [dict(r, row=0) for r in first])
 
     def target_alone(self, model, prompts: list[str], *, max_new_tokens: int, seed: int):
-        from explorer.generate import generate
-
         return generate(model.hf, model.tokenizer, prompts, max_new_tokens=max_new_tokens,
                         temperature=self.temperature, generator=self.sampler(seed, len(prompts)))
 
@@ -178,10 +171,6 @@ class Speculative(Technique):
 
     def evaluate(self, model, task, examples, *, seed: int, repeats: int, batch_size: int) -> dict[str, Any]:
         """The shared evaluation, with the target alone timed between its repeats."""
-        from explorer.cost import flops_per_token, timed
-        from explorer.generate import example_seed
-        from explorer.runs import accuracy_columns, evaluate
-
         prompts = [e.prompt for e in examples]
         chunks = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
 
