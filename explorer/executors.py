@@ -14,12 +14,13 @@ from typing import Any, Iterator, Protocol, Sequence
 
 from explorer.registry import Registry
 from explorer.techniques import Technique
+from explorer.models import load
+from explorer.runs import run
 
 
 @dataclass(frozen=True)
 class Job:
     """One configuration to run, keyed before it runs."""
-
     model: str
     task: str
     technique: Technique
@@ -48,9 +49,6 @@ executors: Registry[type] = Registry("executor")
 
 def run_job(job: Job, models: dict) -> dict[str, Any]:
     """Run one job, loading its model once per process (`models` is the cache)."""
-    from explorer.models import load
-    from explorer.runs import run
-
     if job.model not in models:
         models[job.model] = load(job.model)
     row = run(models[job.model], job.task, job.technique, n=job.n, seed=job.seed, repeats=job.repeats,
@@ -73,7 +71,6 @@ def try_job(job: Job, models: dict) -> dict[str, Any] | Failed:
 @executors.register("local")
 class Local:
     """In this process, one run at a time (torch uses every core for each run)."""
-
     def __init__(self, address: str | None = None, workers: int | None = None):
         if address is not None:
             raise ValueError(f"address={address!r} is for executor='ray'; the local executor runs in this process")
@@ -136,7 +133,6 @@ class Ray:
 
 class Worker:
     """A Ray actor: one process, one thread for torch, a cache of loaded models."""
-
     def __init__(self):
         import torch
 

@@ -20,6 +20,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import polars as pl
 
+from explorer.metrics import axis_title, higher_is_better
+from explorer.stats import problems_needed
+
 FRONTIER, INDISTINGUISHABLE, DOMINATED = "frontier", "not distinguishable", "dominated"
 KEEP = ("frontier", "all")
 
@@ -98,8 +101,6 @@ def to_decide(c: np.ndarray, q: np.ndarray, on: np.ndarray, distinguishable: np.
     """For a not-distinguishable point on an accuracy (a proportion, higher is better): problems per
     configuration that would tell it from the best frontier point at no greater cost
     (`explorer.stats.problems_needed`, power 0.8, alpha 0.05). None elsewhere."""
-    from explorer.stats import problems_needed
-
     out: list[int | None] = [None] * len(c)
     if not maximize or not len(q) or q.min() < 0 or q.max() > 1:
         return out
@@ -149,8 +150,6 @@ DERIVED = {
 
 def direction(quality: str, maximize: bool | None) -> bool:
     """Whether higher `quality` is better: `maximize` when given, else the metric's own direction."""
-    from explorer.metrics import higher_is_better
-
     if maximize is None:
         return higher_is_better(quality)
     if not isinstance(maximize, bool):
@@ -223,8 +222,6 @@ def points(df: pl.DataFrame, *, cost: str | Sequence[str] = "flops_per_problem_a
     (the lab's chart switches axes in the browser). `maximize=None` takes the quality's
     direction from explorer.metrics (bits per char: lower is better).
     """
-    from explorer.metrics import higher_is_better
-
     maximize = higher_is_better(quality) if maximize is None else maximize
     df = read_at(df, filters)
     if isinstance(cost, str):
@@ -256,8 +253,6 @@ def chart(df: pl.DataFrame, *, cost: str = "flops_per_token_analytic", quality: 
     altair is imported here, not at module import: the engine must run without it.
     """
     import altair as alt
-
-    from explorer.metrics import axis_title
 
     pts = points(df, cost=cost, quality=quality, by=by, maximize=maximize, filters=filters, keep="all")
     lo, hi = f"{quality}_lo", f"{quality}_hi"

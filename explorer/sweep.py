@@ -22,6 +22,11 @@ from explorer.executors import Failed, Job
 from explorer.executors import get as get_executor
 from explorer.store import KEY, Store
 from explorer.techniques import Baseline, Technique, declarations, techniques as registry
+from explorer.compose import compose, decodes
+from explorer.fingerprint import identity
+from explorer.generate import check_seed
+from explorer.models import resolve, task_format_of
+from explorer.runs import check_positive, config_hash
 
 
 class Grid(list):
@@ -51,8 +56,6 @@ def grid(technique: type[Technique], **knobs: Any) -> Grid:
 
 def flatten_techniques(techniques: Technique | Iterable | None) -> list[Technique]:
     """Techniques for a sweep: a technique, grids (spliced) and lists (composed), in order, without repeats."""
-    from explorer.compose import compose
-
     if techniques is None:
         return [Baseline()]
     items = [techniques] if isinstance(techniques, Technique) else list(techniques)
@@ -74,15 +77,11 @@ def flatten_techniques(techniques: Technique | Iterable | None) -> list[Techniqu
 
 def model_identity(name: str) -> tuple[str, str]:
     """(name, weights fingerprint) exactly as `explorer.load(name).facts` would report, without loading weights."""
-    from explorer.fingerprint import identity
-
     return identity(name)
 
 
 def planned(model: str, task: T.Task) -> T.Task:
     """`task` in the format `run` will bind it to for `model`, known before loading it (it is in the row's key)."""
-    from explorer.models import task_format_of
-
     if task.kind != "generate" or task.format is not None:
         return task
     return task.with_format(T.pick_format(task, task_format_of(model)))
@@ -91,7 +90,6 @@ def planned(model: str, task: T.Task) -> T.Task:
 def applies(technique: Technique, task: T.Task) -> bool:
     """A likelihood task only scores the prepared model, so a technique that decodes or
     evaluates (EarlyExit, Sampling) would give a duplicate of a row without it: skip it there."""
-    from explorer.compose import decodes
 
     return task.kind != "likelihood" or not decodes(technique)
 
@@ -99,7 +97,6 @@ def applies(technique: Technique, task: T.Task) -> bool:
 def plan(models: Sequence[str] | str, tasks: Sequence[str] | str, techniques=None, *, n: int = 200,
          seed: int = 0, repeats: int = 1, batch_size: int = 64) -> list[Job]:
     """Every job of a sweep, keyed, in run order (grouped by model so each is loaded once)."""
-    from explorer.runs import config_hash
 
     if not isinstance(models, (str, list, tuple)):
         raise ValueError(f"models={models!r}; give a model name or a list of them (zoo names, folders, Hugging Face ids)")
@@ -109,8 +106,6 @@ def plan(models: Sequence[str] | str, tasks: Sequence[str] | str, techniques=Non
     tasks = [tasks] if isinstance(tasks, (str, T.Task)) else list(tasks)
     if not models or not tasks:
         raise ValueError(f"sweep needs at least one model and one task; got models={models!r}, tasks={tasks!r}")
-    from explorer.generate import check_seed
-    from explorer.runs import check_positive
 
     n = T.check_n(n)
     seed = check_seed(seed)
@@ -218,8 +213,6 @@ def measured_otherwise(store: Store, jobs: Sequence[Job], repeats: int, batch_si
 
 
 def weight_size(model: str) -> int:
-    from explorer.models import resolve
-
     file = Path(resolve(model)[0]) / "model.safetensors"
     return file.stat().st_size if file.exists() else 0
 
@@ -303,8 +296,6 @@ def from_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
 def techniques_of(entry: dict[str, Any], skip_missing: bool = False) -> list[Technique]:
     """`{name = "quantize", bits = [4, 8]}` -> a grid; `{compose = [entry, entry]}` -> every composition."""
-    from explorer.compose import compose
-
     if not isinstance(entry, dict) or ("name" in entry) == ("compose" in entry):
         raise ValueError(f"sweep file: technique entry {entry!r}; give a table with a 'name' and knobs, "
                          "or a table with 'compose' = a list of such tables")
