@@ -24,7 +24,7 @@ def test_the_first_view_runs_the_selection_and_draws_it(lab):
     rows = chart_rows(lab)
     assert {(r["model"], r["technique"]) for r in rows} == {
         ("zoo-xs", "baseline"), ("zoo-s", "baseline"), ("zoo-xs", "quantize"), ("zoo-s", "quantize")}
-    assert len(lab.store) == 4 and "best (no budget limit)" in lab.card.value
+    assert len(lab.store) == 4 and "best with no budget limit" in lab.card.value
 
 
 def test_a_state_change_changes_the_chart_data_in_place(lab):

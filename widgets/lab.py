@@ -14,7 +14,7 @@ import ipywidgets as w
 
 import explorer as ex
 from explorer.frontier import best_under_budget, read_at, with_derived
-from explorer.metrics import COST_AXES, axis_title
+from explorer.metrics import COST_AXES, axis_title, fmt, metric
 from explorer.registry import loaded
 from explorer.store import Store
 from explorer.techniques import Knob, declaration, declarations
@@ -179,13 +179,55 @@ def best_card(state: LabState, store: Store, df=None) -> str:
     except ValueError as err:
         return f"<div class='tx-card'>{html.escape(str(err))}</div>"
     if best is None:
-        return f"<div class='tx-card'>nothing fits a budget of {state.budget:.3g} {html.escape(state.cost_axis)}</div>"
-    limit = "(no budget limit)" if math.isinf(state.budget) else f"under {state.budget:.3g} {state.cost_axis}"
-    knobs = ", ".join(f"{k[5:]}={v}" for k, v in best.items() if k.startswith("knob_") and v is not None)
-    return (f"<div class='tx-card'><b>best {html.escape(limit)}</b>: "
-            f"{html.escape(best['model'])} {html.escape(best['technique'])} {html.escape(knobs)}<br>"
-            f"accuracy {best['accuracy']:.3f} [{best['accuracy_lo']:.3f}, {best['accuracy_hi']:.3f}] at "
-            f"{best[state.cost_axis]:.4g} {html.escape(state.cost_axis)}</div>")
+        return (f"<div class='tx-card'>nothing fits a budget of {html.escape(fmt(state.cost_axis, state.budget))} "
+                f"({html.escape(metric(state.cost_axis).label)})</div>")
+    limit = "with no budget limit" if math.isinf(state.budget) else f"within {fmt(state.cost_axis, state.budget)}"
+    knobs = ", ".join(knob_text(best))
+    what = " ".join(x for x in (best["model"], str(best["technique"]).replace("_", " ").replace("+", " + "),
+                                f"({knobs})" if knobs else "") if x)
+    rough = (f"<br><i>first estimate from {best['n_examples']} of {best.get('n_full')} problems; refining</i>"
+             if best.get("partial") else "")
+    return (f"<div class='tx-card'><b>best {html.escape(limit)}</b>: {html.escape(what)}<br>"
+            f"accuracy {best['accuracy']:.3f} (95% interval {best['accuracy_lo']:.3f} to {best['accuracy_hi']:.3f}) "
+            f"at {html.escape(fmt(state.cost_axis, best[state.cost_axis]))} "
+            f"({html.escape(metric(state.cost_axis).label)}){rough}</div>")
+
+
+# Space reserved for what changes length (card, status, note): the chart below or beside them must not jump.
+LAB_CSS = """<style>
+.tx-lab .tx-card-box { min-height: 64px; max-width: 620px; }
+.tx-lab .tx-status-box { min-height: 22px; }
+.tx-lab .tx-note { color: var(--jp-ui-font-color2, #555); font-size: 12px; }
+.tx-lab .tx-right { flex: 1 1 560px; }
+.tx-lab .tx-controls { flex: 0 1 380px; }
+.tx-lab .vega-embed { min-height: 380px; }
+</style>"""
+
+
+def knob_text(row: dict) -> list[str]:
+    """The row's knobs a person set in the lab, as "bits 4", "draft zoo-xs" (the declared knobs only)."""
+    out = []
+    for name in str(row.get("technique", "")).split("+"):
+        if name not in technique_names():
+            continue
+        for k in declaration(name).knobs:
+            for column in (f"knob_{name}_{k.field}", f"knob_{k.field}"):
+                if row.get(column) is not None:
+                    out.append(f"{k.label} {row[column]}")
+                    break
+    return out
+
+
+def comparable(df, state: LabState):
+    """The rows this lab compares: its task, its n and seed (a first estimate counts by the n it stands
+    for). Runs of other notebooks at another n are left out unless the user asks for every stored run."""
+    import polars as pl
+
+    if df.height == 0 or "n_examples" not in df.columns:
+        return df
+    n = pl.col("n_full") if "n_full" in df.columns else pl.lit(None)
+    stands_for = pl.when(n.is_not_null()).then(n).otherwise(pl.col("n_examples"))
+    return df.filter((stands_for == state.n) & (pl.col("seed") == state.seed))
 
 
 class Lab(w.VBox):
@@ -228,9 +270,24 @@ class Lab(w.VBox):
         self._selecting = False
         self._frame = None  # the store as of the last refresh
         self.state.observe(self._filter_moved, names=[f for f in filters if f not in ("budget", "cost_axis")])
-        right = w.VBox([self.frontier.widget, self.card, self.detail])
-        super().__init__([w.HBox([left, right]), w.HBox([self.progress, self.status])])
+        # Runs of other notebooks (another n, another seed) stay out of the chart unless asked for.
+        self.every_run = w.Checkbox(value=False, description="show every stored run", indent=False)
+        self.note = w.HTML()
+        self.every_run.observe(lambda _: self.refresh(), names="value")
+        self.card.add_class("tx-card-box")
+        self.status.add_class("tx-status-box")
+        self.detail.add_class("tx-detail")
+        right = w.VBox([self.frontier.widget, w.HBox([self.every_run, self.note], layout=w.Layout(
+            align_items="center")), self.card, self.detail], layout=w.Layout(min_width="0"))
+        right.add_class("tx-right")
+        left.add_class("tx-controls")
+        # Wraps when narrow (a sidebar open): the controls then sit above the chart, never beside a
+        # chart cut off at the edge.
+        top = w.HBox([left, right], layout=w.Layout(flex_flow="row wrap", align_items="flex-start"))
+        super().__init__([top, w.HBox([self.progress, self.status])])
         self.add_class("tx-lab")
+        self._css = w.HTML(LAB_CSS)  # reserved heights: the layout does not jump when text changes
+        self.children = (self._css, *self.children)
         # Started only once assigned: with every run cached, schedule() refreshes at once,
         # and the refresh reads self.runner.
         self.runner = Runner(self.state, self.store, on_rows=self.refresh, autostart=False)
@@ -283,7 +340,9 @@ class Lab(w.VBox):
     def refresh(self) -> None:
         # One read of the store per refresh; filter moves (budget, cost axis, k) reuse it, since
         # new rows only arrive through a refresh.
-        df = self._frame = self.runner.frame()  # stored rows + first estimates still being refined
+        everything = self.runner.frame()  # stored rows + first estimates still being refined
+        df = self._frame = everything if self.every_run.value else comparable(everything, self.state)
+        self._note(everything, df)
         self.frontier.refresh(df)
         self.controls["budget"].fit()
         self._card(df)
@@ -299,6 +358,11 @@ class Lab(w.VBox):
         df = self.store.frame() if df is None else df
         if df.height == 0:
             return None
+        picked = (self.state.selected or {}).get("config_hash")
+        if picked in {j.config_hash for j in jobs}:  # the point the user clicked, while it is still selected
+            match = df.filter(df["config_hash"] == picked)
+            if match.height:
+                return match.to_dicts()[0]
         for job in reversed(jobs):  # the models as chosen; the last is the largest in the zoo's order
             match = df.filter(df["config_hash"] == job.config_hash)
             if match.height:
@@ -332,6 +396,26 @@ class Lab(w.VBox):
                 value = min(value, int(top))
         return value
 
+    def _note(self, everything, shown) -> None:
+        """Say what the chart leaves out, or that it mixes runs of different n (never silently)."""
+        import polars as pl
+
+        def mine(df):
+            if df.height == 0 or "task" not in df.columns:
+                return df.head(0)
+            return df.filter((pl.col("task") == self.state.task) & pl.col("model").is_in(list(self.state.models)))
+
+        every, kept = mine(everything), mine(shown)
+        ns = sorted(set(kept["n_examples"].to_list())) if kept.height else []
+        if self.every_run.value:
+            text = (f"every stored run: n = {', '.join(map(str, ns))} problems side by side (intervals differ)"
+                    if len(ns) > 1 else "every stored run")
+        else:
+            hidden = every.height - kept.height
+            text = (f"runs at n = {self.state.n}, seed {self.state.seed}"
+                    + (f"; {hidden} stored at another n or seed, hidden" if hidden > 0 else ""))
+        self.note.value = f"<span class='tx-note'>{html.escape(text)}</span>"
+
     def _detail(self, df=None) -> None:
         row = self.current_row(df)
         self.detail.children = self.views(row) if row is not None else []
@@ -346,7 +430,13 @@ class Lab(w.VBox):
             return
         shown = [c for c in self._costs() if c is not None and c == c and c > 0]
         fits = sum(c <= s.budget for c in shown)
-        limit = "no budget" if math.isinf(s.budget) else f"budget {s.budget:.3g} {s.cost_axis}"
+        if change["name"] == "cost_axis":
+            reset = self.controls["budget"].reset
+            s.status = (f"cost axis: {axis_title(s.cost_axis)}"
+                        + (f"; the budget ({reset}) was reset to no limit" if reset else "")
+                        + f"; {len(shown)} runs shown, no new run")
+            return
+        limit = "no budget" if math.isinf(s.budget) else f"budget ≤ {fmt(s.cost_axis, s.budget)}"
         s.status = f"{limit}: {fits} of {len(shown)} runs fit, no new run"
 
     def _filter_moved(self, change) -> None:
