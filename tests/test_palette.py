@@ -48,3 +48,32 @@ def test_the_palette_imports_no_plotting_library():
                           "print(sorted(m for m in sys.modules if m.split('.')[0] in {'altair', 'ipywidgets', 'IPython'}))"],
                          capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _walk(node):
+    if isinstance(node, dict):
+        yield node
+        for v in node.values():
+            yield from _walk(v)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _walk(v)
+
+
+def test_the_lab_chart_speaks_the_grammar():
+    from widgets.frontier import chart, rescaled
+
+    spec = chart([], cost_axis="weight_bytes", models=["zoo-l", "zoo-m"], techniques=["quantize"]).to_dict()
+    colors = [n["color"]["scale"] for n in _walk(spec) if isinstance(n.get("color"), dict) and "scale" in n["color"]]
+    assert colors and all(c == palette.color_scale(["zoo-m", "zoo-l"]) for c in colors)
+    # The clicked point alone gets the ring: an empty selection must not outline every point.
+    strokes = [n["stroke"] for n in _walk(spec) if isinstance(n.get("stroke"), dict) and "condition" in n["stroke"]]
+    assert strokes and strokes[0]["condition"]["empty"] is False
+    # The budget is a dashed rule with its name written beside it, not red alone.
+    assert any(n.get("type") == "rule" and n.get("strokeDash") for n in _walk(spec))
+    assert any("'budget'" in str(n.get("word", "")) for n in _walk(spec) if "word" in n) or "'budget'" in str(spec)
+    assert any(n.get("title") == "weights (MB)" for n in _walk(spec))
+    # Adding a model later keeps zoo-m's colour.
+    wider = rescaled(spec, ["zoo-xs", "zoo-m", "zoo-l"], ["quantize"])
+    scale = next(n["color"]["scale"] for n in _walk(wider) if isinstance(n.get("color"), dict) and "scale" in n["color"])
+    assert dict(zip(scale["domain"], scale["range"]))["zoo-m"] == palette.model_color("zoo-m")

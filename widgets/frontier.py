@@ -15,7 +15,8 @@ import altair as alt
 import polars as pl
 
 from explorer.frontier import points
-from explorer.metrics import COST_AXES, axis_title
+from explorer import palette
+from explorer.metrics import COST_AXES, axis_title, fmt, metric
 
 DATA = "rows"
 QUALITY = "accuracy"
@@ -23,16 +24,24 @@ NO_LIMIT = None  # JSON has no infinity: a null budget means no limit
 
 
 def records(df: pl.DataFrame, quality: str = QUALITY, filters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Chart rows: one per run, with every cost axis and the frontier status on each axis,
+    """Chart rows: one per run, with every cost axis (stored, and scaled to its display unit as
+    `shown_<axis>`, with its text as `text_<axis>`) and the frontier status on each axis,
     from `explorer.frontier.points` (rows re-read at the filters, e.g. k)."""
     if df.height == 0 or quality not in df.columns:
         return []
     df = points(df, cost=COST_AXES, quality=quality, filters=filters)
     if df.height == 0:
         return []
-    keep = ["config_hash", "model", "technique", "label", quality, f"{quality}_lo", f"{quality}_hi",
-            *[c for c in COST_AXES if c in df.columns], *[f"status_{c}" for c in COST_AXES]]
-    df = df.with_columns(label=label_expr(df))
+    axes = [c for c in COST_AXES if c in df.columns]
+    keep = ["config_hash", "model", "technique", "technique_label", "label", "partial", quality,
+            f"{quality}_lo", f"{quality}_hi", "interval_text", *axes, *[f"shown_{c}" for c in axes],
+            *[f"text_{c}" for c in axes], *[f"status_{c}" for c in COST_AXES]]
+    df = df.with_columns(label=label_expr(df),
+                         technique_label=df["technique"].map_elements(palette.technique_label, return_dtype=pl.String),
+                         interval_text=pl.format("{} to {}", pl.col(f"{quality}_lo").round(3), pl.col(f"{quality}_hi").round(3)),
+                         **{f"shown_{c}": pl.col(c) * metric(c).scale for c in axes},
+                         **{f"text_{c}": df[c].map_elements(lambda v, c=c: fmt(c, v), return_dtype=pl.String)
+                            for c in axes})
     for axis in COST_AXES:  # the "not distinguishable" mark says how many problems per configuration would decide it
         if f"problems_to_decide_{axis}" in df.columns:
             n = pl.col(f"problems_to_decide_{axis}")
@@ -51,37 +60,117 @@ def label_expr(df: pl.DataFrame) -> pl.Series:
     return df.select(pl.concat_str(parts, separator=" ").str.replace_all(r"\s+", " ").alias("label"))["label"]
 
 
+def encodings(models: list[str], techniques: list[str]) -> dict[str, dict]:
+    """The colour and shape scales of the one visual grammar (explorer.palette), for these models and
+    techniques: a model's colour and a technique's shape never depend on what else is on the chart."""
+    labels = [palette.technique_label(t) for t in techniques]
+    shapes = palette.shape_scale(techniques)
+    return {"color": palette.color_scale(models), "shape": {"domain": labels, "range": shapes["range"]}}
+
+
 def chart(rows: list[dict[str, Any]], *, budget: float = math.inf, cost_axis: str = "weight_bytes",
-          quality: str = QUALITY) -> alt.LayerChart:
+          quality: str = QUALITY, models: list[str] | None = None, techniques: list[str] | None = None
+          ) -> alt.LayerChart:
+    """The frontier in the one visual grammar. The x axis is in the cost's display unit (MB, ms);
+    `budget` stays in the column's own unit (bytes, seconds), as the state holds it, and the
+    `cost_scale` param converts it where the chart compares or draws it."""
+    models = list(dict.fromkeys([*(models or []), *(r["model"] for r in rows)]))
+    techniques = list(dict.fromkeys([*(techniques or []), *(r["technique"] for r in rows)]))
+    scales = encodings(models, techniques)
     budget_p = alt.param(name="budget", value=None if math.isinf(budget) else budget)
     axis_p = alt.param(name="cost_axis", value=cost_axis)
+    scale_p = alt.param(name="cost_scale", value=metric(cost_axis).scale)
     pick = alt.selection_point(name="pick", fields=["config_hash"], on="click", clear="dblclick")
     axes = list(dict.fromkeys([*COST_AXES, cost_axis]))  # every axis: rows arriving later may have any of them
     base = (
         alt.Chart(alt.NamedData(name=DATA))
-        .transform_fold(axes, as_=["cost_name", "cost"])
-        .transform_filter("datum.cost_name == cost_axis && isValid(datum.cost) && datum.cost > 0")
-        .transform_calculate(status="datum['status_' + cost_axis]",
-                             fits="budget == null || datum.cost <= budget")
+        .transform_fold([f"shown_{a}" for a in axes], as_=["cost_name", "cost"])
+        .transform_filter("datum.cost_name == 'shown_' + cost_axis && isValid(datum.cost) && datum.cost > 0")
+        .transform_calculate(status="datum['status_' + cost_axis]", cost_text="datum['text_' + cost_axis]",
+                             fits="budget == null || datum.cost <= budget * cost_scale")
     )
-    x = alt.X("cost:Q", scale=alt.Scale(type="log"), title="cost (the selected cost axis)")
+    x = alt.X("cost:Q", scale=alt.Scale(type="log"), title=axis_title(cost_axis),
+              axis=alt.Axis(format=tick_format(cost_axis)))
     y = alt.Y(f"{quality}:Q", scale=alt.Scale(domain=[0, 1]), title=axis_title(quality))
-    bars = base.mark_rule(opacity=0.5).encode(x=x, y=f"{quality}_lo:Q", y2=f"{quality}_hi:Q",
-                                               color=alt.Color("model:N"))
-    points = base.mark_point(filled=True, size=70).encode(
-        x=x, y=y, color=alt.Color("model:N", title="model"), shape=alt.Shape("technique:N"),
-        opacity=alt.condition("datum.fits", alt.value(1.0), alt.value(0.15)),
-        stroke=alt.condition(pick, alt.value("black"), alt.value(None)),
-        tooltip=["label:N", f"{quality}:Q", f"{quality}_lo:Q", f"{quality}_hi:Q", "cost:Q", "status:N"],
+    color = alt.Color("model:N", title="model", scale=alt.Scale(**scales["color"]),
+                      legend=alt.Legend(orient="bottom", direction="horizontal", columns=4, symbolType="circle",
+                                        symbolOpacity=1))
+    shape = alt.Shape("technique_label:N", title="technique", scale=alt.Scale(**scales["shape"]),
+                      legend=alt.Legend(orient="bottom", direction="horizontal", columns=3))
+    bars = base.mark_rule(opacity=0.45, strokeWidth=1.5).encode(x=x, y=f"{quality}_lo:Q", y2=f"{quality}_hi:Q",
+                                                               color=color)
+    points = base.mark_point(filled=True, opacity=1).encode(
+        x=x, y=y, color=color, shape=shape,
+        opacity=alt.condition("datum.fits", alt.value(1.0), alt.value(0.2)),
+        size=alt.condition(pick, alt.value(palette.SELECTED_SIZE), alt.value(palette.POINT_SIZE), empty=False),
+        stroke=alt.condition(pick, alt.value(palette.SELECTED), alt.value(None), empty=False),
+        strokeWidth=alt.condition(pick, alt.value(2.5), alt.value(0), empty=False),
+        tooltip=[alt.Tooltip("label:N", title="configuration"),
+                 alt.Tooltip(f"{quality}:Q", title=axis_title(quality), format=".3f"),
+                 alt.Tooltip("interval_text:N", title="95% interval"),
+                 alt.Tooltip("cost_text:N", title="cost"),
+                 alt.Tooltip("status:N", title="frontier")],
     ).add_params(pick)
     line = base.transform_filter("datum.status == 'frontier'").mark_line(
-        interpolate="step-after", color="#444", strokeDash=[4, 3]).encode(x=x, y=y)
-    rule = base.transform_filter("budget != null").transform_aggregate(n="count()").transform_calculate(
-        b="budget").mark_rule(color="#d62728", strokeWidth=2).encode(x="b:Q")
+        interpolate="step-after", color="#444", strokeDash=list(palette.FRONTIER_DASH)).encode(x=x, y=y)
+    # The budget: a dashed rule with its name written on it, not a colour alone.
+    limit = base.transform_filter("budget != null").transform_aggregate(n="count()").transform_calculate(
+        b="budget * cost_scale", word="'budget'")
+    rule = limit.mark_rule(color=palette.BUDGET, strokeWidth=2, strokeDash=list(palette.BUDGET_DASH)).encode(x="b:Q")
+    word = limit.mark_text(align="left", dx=4, dy=-6, color=palette.BUDGET, fontWeight="bold").encode(
+        x="b:Q", y=alt.value(0), text="word:N")
     title = alt.Title(text="best accuracy per cost: the Pareto frontier",
-                      subtitle="cost axis and budget are live params; dashed: frontier")
-    return alt.layer(bars, points, line, rule, title=title).add_params(budget_p, axis_p).properties(
-        width=430, height=280, datasets={DATA: rows}).configure_legend(orient="bottom", columns=4)
+                      subtitle="dotted: the frontier; dashed: the budget; bars: 95% intervals")
+    return alt.layer(bars, points, line, rule, word, title=title).add_params(budget_p, axis_p, scale_p).properties(
+        width=430, height=280, datasets={DATA: rows}).configure_legend(labelLimit=160)
+
+
+def tick_format(cost_axis: str) -> str:
+    """Tick labels a person reads: 2M FLOPs, not 2,000,000; 0.25 MB, not 250m."""
+    return "~g" if metric(cost_axis).unit else "~s"
+
+
+def retitled(spec: dict, cost_axis: str) -> dict:
+    """A copy of `spec` whose x axis names `cost_axis` with its unit (a title is not a param)."""
+    new = copy.deepcopy({k: v for k, v in spec.items() if k != "datasets"})
+    new["datasets"] = spec.get("datasets", {})
+
+    def walk(node):
+        if isinstance(node, dict):
+            enc = node.get("encoding")
+            if isinstance(enc, dict) and isinstance(enc.get("x"), dict) and enc["x"].get("field") == "cost":
+                enc["x"]["title"] = axis_title(cost_axis)
+                enc["x"].setdefault("axis", {})["format"] = tick_format(cost_axis)
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(new)
+    return new
+
+
+def rescaled(spec: dict, models: list[str], techniques: list[str]) -> dict:
+    """`spec` with the colour and shape scales for these models and techniques (same grammar)."""
+    scales = encodings(models, techniques)
+
+    def walk(node):
+        if isinstance(node, dict):
+            enc = node.get("encoding")
+            if isinstance(enc, dict):
+                for channel, field in (("color", "model"), ("shape", "technique_label")):
+                    e = enc.get(channel)
+                    if isinstance(e, dict) and e.get("field") == field and isinstance(e.get("scale"), dict):
+                        e["scale"] = dict(scales[channel])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(spec)
+    return spec
 
 
 def with_rows(spec: dict, rows: list[dict[str, Any]], params: dict[str, Any]) -> dict:
@@ -101,9 +190,11 @@ class FrontierView:
         alt.JupyterChart.enable_offline()
         self.state, self.store, self.quality = state, store, quality
         self.widget = alt.JupyterChart(
-            chart(self.rows(store.frame()), budget=state.budget, cost_axis=state.cost_axis, quality=quality),
+            chart(self.rows(store.frame()), budget=state.budget, cost_axis=state.cost_axis, quality=quality,
+                  models=list(state.models), techniques=self.techniques()),
             embed_options={"renderer": "svg", "actions": False})
         self._spec = self.widget.spec
+        self._df = None  # the frame the rows on screen came from
         self.shown = self.widget.spec.get("datasets", {}).get(DATA, [])  # the rows on screen
         self.updates = 0
         state.observe(self._on_filter, names=["budget", "cost_axis"])
@@ -121,18 +212,36 @@ class FrontierView:
         df = df.filter((pl.col("task") == self.state.task) & pl.col("model").is_in(list(self.state.models)))
         return records(df, self.quality, self.state.filter_values())  # e.g. sampling points at the k slider's k
 
+    def techniques(self, rows: list[dict[str, Any]] = ()) -> list[str]:
+        """The techniques with a shape in the legend: the selection's, and any on the chart."""
+        try:
+            chosen = [self.state.technique_config().name]
+        except (ValueError, KeyError, AttributeError):
+            chosen = []
+        return list(dict.fromkeys(["baseline", *chosen, *(r["technique"] for r in rows)]))
+
     def params(self) -> dict[str, Any]:
         b = self.state.budget
-        return {"budget": None if math.isinf(b) else b, "cost_axis": self.state.cost_axis}
+        return {"budget": None if math.isinf(b) else b, "cost_axis": self.state.cost_axis,
+                "cost_scale": metric(self.state.cost_axis).scale}
 
     def refresh(self, df: pl.DataFrame | None = None) -> None:
-        """New rows into the chart on screen: same chart object, new data."""
-        rows = self.shown = self.rows(self.store.frame() if df is None else df)
-        self.widget.spec = with_rows(self._spec, rows, self.params())
+        """New rows into the chart on screen: same chart object, new data (and the colour and shape
+        scales for the models and techniques now shown, in the same grammar)."""
+        df = self._df = self.store.frame() if df is None else df
+        rows = self.shown = self.rows(df)
+        spec = with_rows(self._spec, rows, self.params())
+        self.widget.spec = rescaled(spec, list(self.state.models), self.techniques(rows))
         self.updates += 1
 
     def _on_filter(self, change) -> None:
-        # A param change filters in the browser: no re-render, no run.
+        if change["name"] == "cost_axis":
+            # The axis title names the quantity and its unit: a title is not a param, so this one
+            # change re-sends the spec (the budget is reset with it anyway).
+            self._spec = retitled(self._spec, self.state.cost_axis)
+            self.refresh(self._df)  # the rows last given (a lab's comparable rows), re-drawn
+            return
+        # A budget move filters in the browser: no re-render, no run.
         setattr(self.widget.params, change["name"], self.params()[change["name"]])
 
     def _guard(self, change) -> None:
