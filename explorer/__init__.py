@@ -1,7 +1,7 @@
 """Trade-off Explorer: the headless engine (no Jupyter import anywhere in it)."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from explorer.version import __version__  # noqa: F401
 
 from explorer import stats, tasks, zoo
 from explorer.models import Model, ModelNotFound, load

@@ -11,10 +11,11 @@ from typing import Any
 from explorer import tasks as T
 from explorer.cost import bytes_moved_columns, flops_per_token, timed
 from explorer.models import Model, load
-from explorer.stats import bootstrap_mean, wilson
+from explorer.stats import bootstrap_mean
 from explorer.compose import compose, decodes, parts_of
 from explorer.evaluation import accuracy_columns, evaluate  # noqa: F401  (the one evaluation loop, re-exported)
 from explorer.techniques import Baseline, Technique
+from explorer.version import __version__
 
 SCHEMA_VERSION = 2
 # Bump when a change to the engine changes what a configuration computes (version 2: every
@@ -27,8 +28,6 @@ DEFAULT_TASK_FORMAT = "original"  # a task without a `task_format` attribute: th
 def versions() -> dict[str, str]:
     import torch
     import transformers
-
-    from explorer import __version__
 
     return {"explorer_version": __version__, "torch_version": torch.__version__,
             "transformers_version": transformers.__version__, "python_version": platform.python_version()}
