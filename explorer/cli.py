@@ -218,8 +218,13 @@ def cmd_zoo_train(args) -> int:
         args.names = [n for n in args.names if n != "smollm2-drafts"]
         if not args.names:
             return 0
+    from pathlib import Path
+
     from explorer.zoo import train_family
 
+    if args.text is not None and not Path(args.text).expanduser().is_dir():
+        raise FileNotFoundError(f"--text {args.text!r} is not a folder; give a folder of .txt files (or leave "
+                                "--text out for the shipped corpus)")
     train_family.main(args.names or None, out=args.out, text=args.text, jobs=args.jobs, steps=args.steps)
     return 0
 
@@ -265,6 +270,9 @@ def cmd_sweep(args) -> int:
         print(f"store: {where}")
         return 0
     plan(**kwargs)  # every model, task and knob checked before the store folder is made
+    from explorer.executors import get as get_executor
+
+    get_executor(args.executor, address=args.address, workers=args.workers)  # and the executor, the address
     store = Store(args.store)
     store.check_writable()  # before any model loads: a run that cannot be stored is not started
     rows = sweep(**kwargs, store=store, executor=args.executor, address=args.address, workers=args.workers,

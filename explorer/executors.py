@@ -107,6 +107,8 @@ class Ray:
     def __init__(self, address: str | None = None, workers: int | None = None):
         if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
             raise ValueError(f"workers={workers!r}; give a positive number of Ray workers, or None for one per CPU")
+        if address is not None:
+            check_address(address)
         self.address, self.workers = address, workers
 
     def map(self, jobs: Sequence[Job]) -> Iterator[dict[str, Any] | Failed]:
@@ -142,6 +144,25 @@ class Worker:
 
     def run(self, job: Job) -> dict[str, Any] | Failed:
         return try_job(job, self.models)
+
+
+def check_address(address: str, timeout: float = 3.0) -> None:
+    """Refuse at once an address where no cluster listens (Ray itself retries for minutes)."""
+    import socket
+
+    if not isinstance(address, str) or not address.strip():
+        raise ValueError(f"address={address!r}; give host:port of a Ray cluster's head, 'ray://host:port' or 'auto'")
+    if address == "auto" or address.startswith("ray://"):
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536 or not host:
+        raise ValueError(f"address={address!r}; give host:port of a Ray cluster's head, e.g. '127.0.0.1:6379', "
+                         "'ray://host:10001' or 'auto'")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise ConnectionError(f"no Ray cluster answers at address={address!r} ({err.strerror or err}); start one "
+                              "with `ray start --head`, check the address, or leave it out for a local cluster") from None
 
 
 def ray_defaults() -> None:
@@ -181,6 +202,12 @@ def start_ray(address: str | None, num_cpus: int | None, attempts: int = 3) -> N
                 ray.init(address=address, num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, **where)
             return
         except Exception as err:  # Ray raises a bare Exception for this
+            if address and not isinstance(err, (ValueError, TypeError)):
+                # ConnectionError is an OSError: the CLI prints it as one line, with the fix
+                raise ConnectionError(f"could not join the Ray cluster at address={address!r} "
+                                      f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                                      "check the address and that the cluster is up, or leave the address "
+                                      "out for a local cluster") from err
             if "timed out during startup" not in str(err) or attempt == attempts - 1:
                 raise
             ray.shutdown()

@@ -74,9 +74,14 @@ def config_hash(model: Model | tuple[str, str], task: T.Task | str, technique: T
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def check_positive(value, name: str, valid: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name}={value!r}; must be {valid}")
+# Upper bounds, so a typo cannot ask for hours of timing or a KV cache larger than the machine.
+MAX_REPEATS = 100
+MAX_BATCH_SIZE = 4096
+
+
+def check_positive(value, name: str, valid: str, most: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1 or (most is not None and value > most):
+        raise ValueError(f"{name}={value!r}; must be {valid}" + (f", at most {most:,}" if most is not None else ""))
     return value
 
 
@@ -96,8 +101,8 @@ def run(model: Model | str, task: T.Task | str, technique: Technique | None = No
 
     n = T.check_n(n)
     seed = check_seed(seed)
-    check_positive(repeats, "repeats", "a positive integer (timed repetitions)")
-    check_positive(batch_size, "batch_size", "a positive integer (prompts per forward call)")
+    check_positive(repeats, "repeats", "a positive integer (timed repetitions)", MAX_REPEATS)
+    check_positive(batch_size, "batch_size", "a positive integer (prompts per forward call)", MAX_BATCH_SIZE)
     technique = technique if technique is not None else Baseline()
     if isinstance(technique, (list, tuple)):  # several techniques as one configuration
         technique = compose(*technique)

@@ -26,7 +26,7 @@ from explorer.compose import compose, decodes
 from explorer.fingerprint import identity
 from explorer.generate import check_seed
 from explorer.models import resolve, task_format_of
-from explorer.runs import check_positive, config_hash
+from explorer.runs import MAX_BATCH_SIZE, MAX_REPEATS, check_positive, config_hash
 
 
 class Grid(list):
@@ -109,8 +109,8 @@ def plan(models: Sequence[str] | str, tasks: Sequence[str] | str, techniques=Non
 
     n = T.check_n(n)
     seed = check_seed(seed)
-    check_positive(repeats, "repeats", "a positive integer (timed repetitions)")
-    check_positive(batch_size, "batch_size", "a positive integer (prompts per forward call)")
+    check_positive(repeats, "repeats", "a positive integer (timed repetitions)", MAX_REPEATS)
+    check_positive(batch_size, "batch_size", "a positive integer (prompts per forward call)", MAX_BATCH_SIZE)
     for m in models:
         if not isinstance(m, str):
             raise ValueError(f"models: {m!r} is not a model name; give zoo names, folders or Hugging Face ids")

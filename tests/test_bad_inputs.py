@@ -61,6 +61,7 @@ def files(tmp_path_factory):
         "models_number.yaml": "models: 5\ntasks: [addition]\n",
         "all_refused.yaml": "models: [zoo-xs]\ntasks: [addition]\nn: 4\n"
                             "techniques: [{name: speculative, draft: zoo-m}]\n",
+        "ok.yaml": "models: [zoo-xs]\ntasks: [addition]\nn: 2\n",
         "sweep.json": "{}",
         "a_file": "not a folder",
     }
@@ -114,6 +115,10 @@ API = [
     ("repeats=1.0", lambda m: ex.run(m, "addition", n=4, repeats=1.0), ["repeats=1.0", "positive integer"]),
     ("batch_size=0", lambda m: ex.run(m, "addition", n=4, batch_size=0), ["batch_size=0", "positive integer"]),
     ("batch_size=2.5", lambda m: ex.run(m, "addition", n=4, batch_size=2.5), ["batch_size=2.5", "positive"]),
+    ("repeats=1000", lambda m: ex.run(m, "addition", n=4, repeats=1000), ["repeats=1000", "at most 100"]),
+    ("batch_size=1e6", lambda m: ex.run(m, "addition", n=4, batch_size=10**6), ["batch_size=1000000", "at most 4,096"]),
+    ("sweep no cluster there", lambda m: sweep("zoo-xs", "addition", n=2, executor="ray", address="127.0.0.1:1",
+                                               progress=False), ["address='127.0.0.1:1'", "ray start --head"]),
     ("unknown task", lambda m: ex.run(m, "additon", n=4), ["additon", "addition"]),
     ("task=5", lambda m: ex.run(m, 5, n=4), ["task=5", "addition"]),
     ("technique str", lambda m: ex.run(m, "addition", "quantize", n=4), ["technique='quantize'", "Baseline()"]),
@@ -198,7 +203,7 @@ def test_a_bad_api_input_gets_a_clear_error_and_stores_nothing(call, fragments, 
                                                                monkeypatch):
     monkeypatch.setenv("FILES", str(files))
     rows = stored_rows(guarded)
-    with pytest.raises((ValueError, TypeError, KeyError, LookupError, FileNotFoundError)) as caught:
+    with pytest.raises((ValueError, TypeError, KeyError, LookupError, FileNotFoundError, ConnectionError)) as caught:
         call(tiny_model)
     message = str(caught.value.args[0]) if caught.value.args else str(caught.value)
     for fragment in fragments:
@@ -251,6 +256,10 @@ CLI = [
     (["sweep", "{files}/models_number.yaml"], ["models=5", "model name"]),
     (["sweep", "{files}/all_refused.yaml"], ["all 1 of 1", "smaller than the target"]),
     (["sweep", "--executor", "dask"], ["'dask'", "'local', 'ray'"]),
+    (["sweep", "{files}/ok.yaml", "--executor", "ray", "--address", "127.0.0.1:1", "--store", "new-store"],
+     ["address='127.0.0.1:1'", "ray start --head"]),
+    (["sweep", "{files}/ok.yaml", "--executor", "ray", "--address", "nonsense"], ["address='nonsense'", "host:port"]),
+    (["sweep", "{files}/ok.yaml", "--address", "127.0.0.1:6379"], ["address='127.0.0.1:6379'", "executor='ray'"]),
     (["sweep", "--workers", "0"], ["workers=0", "1 to 1,024"]),
     (["sweep", "-n", "0"], ["n=0", "1 to 100,000"]),
     (["sweep", "--seed", "-4"], ["seed=-4", "non-negative integer"]),
@@ -268,6 +277,7 @@ CLI = [
     (["export", "{files}/folder.csv"], ["is a folder", "give a file name"]),
     (["zoo", "train", "zoo-xxl", "--out", "zoo-out"], ["'zoo-xxl'", "known: zoo-xs"]),
     (["zoo", "train", "--jobs", "0"], ["jobs=0", "1 to 64"]),
+    (["zoo", "train", "zoo-xs", "--text", "no-such-texts", "--out", "zoo-out"], ["'no-such-texts'", "folder of .txt"]),
     (["zoo", "train", "--steps", "-1"], ["steps=-1", "1 to 10,000,000"]),
     (["table", "-n", "0"], ["n=0", "1 to 100,000"]),
     (["tabel"], ["'tabel'", "choose from"]),
@@ -286,7 +296,7 @@ def test_a_bad_cli_input_is_one_line_and_exit_2_and_stores_nothing(argv, fragmen
     for fragment in fragments:
         assert fragment in err, f"{fragment!r} not in {err!r}"
     assert stored_rows(guarded) == rows
-    assert not Path("zoo-out").exists()
+    assert not Path("zoo-out").exists() and not Path("new-store").exists()
 
 
 def test_read_only_commands_make_no_folder(guarded, tmp_path):
