@@ -129,3 +129,15 @@ def test_pruning_composes_with_quantization_and_shows_in_the_sweep_the_cli_and_t
 def test_bad_knobs_are_refused_with_the_valid_range(knobs, message):
     with pytest.raises(ValueError, match=message):
         Prune(**knobs)
+
+
+def test_wanda_calibrates_on_a_likelihood_task_from_text_it_does_not_score(small):
+    from explorer.techniques.prune import calibration_texts
+
+    task = ex.tasks.get("shakespeare")
+    texts = calibration_texts(task, 8)
+    assert len(texts) == 8 and all(t in task.text()[-2000:] for t in texts)
+    row = ex.run(small, "shakespeare", Prune(ffn=0.5), n=1000, repeats=1)
+    dense = ex.run(small, "shakespeare", n=1000, repeats=1)
+    assert dense["bits_per_char"] < row["bits_per_char"] < 2 * dense["bits_per_char"]
+    assert row["weight_bytes"] < dense["weight_bytes"]

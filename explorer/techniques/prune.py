@@ -357,7 +357,7 @@ def calibration_texts(task, n: int) -> list[str]:
     """`n` texts of the task for Wanda's activation statistics, never the evaluation's problems."""
     if task.kind == "likelihood":
         text = task.text()[-2000:]  # the passage's tail: a run scores its first n characters
-        return [text[i : i + 256] for i in range(0, len(text), 256)][:n]
+        return [text[i : i + 128] for i in range(0, len(text), 128)][:n]
     return [e.prompt + e.answer for e in task.examples(n, seed=CALIBRATION_SEED)]
 
 
@@ -392,10 +392,12 @@ def calibrate(hf, tokenizer, texts: list[str]) -> dict[str, Any]:
         hooks.append(b.register_forward_hook(block_hook(i), with_kwargs=True))
         for name in LINEARS:
             hooks.append(b.get_submodule(name).register_forward_pre_hook(linear_hook(f"{i}.{name}")))
+    context = getattr(hf.config, "max_position_embeddings", None) or 2048
     try:
         with torch.inference_mode():
             for text in texts:  # one at a time: no padding in the statistics
-                ids = tokenizer(text, return_tensors="pt")["input_ids"].to(next(hf.parameters()).device)
+                ids = tokenizer(text, return_tensors="pt", truncation=True, max_length=context)["input_ids"]
+                ids = ids.to(next(hf.parameters()).device)
                 hf(input_ids=ids)
     finally:
         for h in hooks:
