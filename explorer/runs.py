@@ -176,7 +176,7 @@ def likelihood(model: Model, text: str, n: int, repeats: int, window: int = 64) 
 
     text = text[:n]
     tok = model.tokenizer
-    ids = tok(text, add_special_tokens=False)["input_ids"]
+    ids = tok(text, add_special_tokens=False, verbose=False)["input_ids"]  # windows cut below: no length warning
     bos = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
     window = min(window, model.facts.context - 1)
     chunks = [ids[i : i + window] for i in range(0, len(ids), window)]
