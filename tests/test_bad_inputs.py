@@ -371,3 +371,12 @@ def test_a_read_only_store_is_found_before_any_model_runs(read_only_store, files
     assert "Traceback" not in p.stderr and "Loading weights" not in p.stderr and "sweep (local)" not in p.stderr
     with pytest.raises(PermissionError, match="not writable"):  # the API says so too, before running
         sweep("zoo-xs", "addition", n=4, store=read_only_store, progress=False)
+
+
+def test_the_lab_refuses_a_seed_that_is_not_a_non_negative_integer():
+    from widgets.state import LabState
+
+    state = LabState()
+    for bad in (-3, True):
+        state.seed = bad
+        assert state.seed == 0 and f"seed={bad!r}" in state.status and "non-negative integer" in state.status

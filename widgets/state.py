@@ -237,6 +237,12 @@ class LabState(t.HasTraits):
     def _v_n(self, proposal):
         return self._checked(proposal, ex.tasks.check_n)
 
+    @t.validate("seed")
+    def _v_seed(self, proposal):  # a negative seed would fail deep in numpy after the runs
+        from explorer.generate import check_seed
+
+        return self._checked(proposal, check_seed)
+
 
 def in_scale(value: Any, scale: tuple) -> bool:
     lo, hi, _default, *step = scale
