@@ -64,7 +64,8 @@ CLAIMS = {
 # Claims whose outcome does not hang on timing noise or a close call: greedy speculative output is the
 # target's by construction, and the rest were decided by wide margins on this zoo (printed in the report).
 # No timing claim is here (a speed-up peak on a shared machine may come out NOT SHOWN; its numbers are
-# still required), nor a claim the zoo answers NOT SHOWN by a wide margin (bigger at 4 bits at equal bytes).
+# still required), nor a claim the zoo answers NOT SHOWN by a wide margin (bigger at 4 bits at equal bytes),
+# nor the budget's pass@k verdict, a close call under its paired bootstrap (interval about -0.04 to +0.10).
 MUST_SHOW = {
     "speculative output unchanged",
     "3 bits and below break (zoo-m)", "3 bits and below break (zoo-l)",
@@ -73,7 +74,6 @@ MUST_SHOW = {
     "early exit skips most layers at small cost (zoo-l, addition)",
     "pass@k is log-linear in k (zoo-m, multiplication)", "pass@k is log-linear in k (zoo-s, subtraction)",
     "majority vote plateaus (zoo-m, multiplication)", "imperfect verifier caps best-of-k (zoo-m, multiplication)",
-    "a smaller model with more samples beats zoo-l under its budget, pass@k (exact checker)",
     "no configuration is best at every budget",
 }
 

@@ -37,7 +37,9 @@ from explorer.techniques import Baseline
 from widgets.state import LabState
 
 REPEATS = 1  # one timed pass per live run: the lab favours a fast answer; sweeps can repeat
-PREVIEW_N = 8  # problems in a first estimate: enough for a point, with an interval that shows how rough
+# Problems in a first estimate: one per difficulty level (tasks cycle difficulties 1..5), so the
+# rough point is not biased to easy problems, and its Wilson interval shows how rough it is.
+PREVIEW_N = 5
 ESTIMATES_WAIT_S = 20.0  # the full runs wait at most this long for the first estimates
 
 
