@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import polars as pl
 
-from explorer.metrics import axis_title, higher_is_better
+from explorer.metrics import axis_title, higher_is_better, metric
 from explorer.stats import problems_needed
 
 FRONTIER, INDISTINGUISHABLE, DOMINATED = "frontier", "not distinguishable", "dominated"
@@ -245,7 +245,7 @@ def points(df: pl.DataFrame, *, cost: str | Sequence[str] = "flops_per_problem_a
 
 
 def chart(df: pl.DataFrame, *, cost: str = "flops_per_token_analytic", quality: str = "accuracy",
-          by: str | None = None, maximize: bool | None = None, color: str = "technique",
+          by: str | None = None, maximize: bool | None = None, color: str = "model",
           filters: Mapping[str, Any] | None = None):
     """An altair chart of `points(...)`: every point with its interval, the frontier as a step
     line, one panel per `by`; axis titles and units from explorer.metrics.
@@ -258,13 +258,30 @@ def chart(df: pl.DataFrame, *, cost: str = "flops_per_token_analytic", quality: 
     lo, hi = f"{quality}_lo", f"{quality}_hi"
     wanted = ["model", "task", "technique", color, by, cost, quality, lo, hi, "frontier_status", "on_frontier"]
     data = pts.select([c for c in dict.fromkeys(wanted) if c and c in pts.columns])
-    color_enc = alt.Color(f"{color}:N") if color in data.columns else alt.value("steelblue")
-    x = alt.X(f"{cost}:Q", scale=alt.Scale(type="log"), title=axis_title(cost))
+    # The one visual grammar (explorer.palette): a model keeps its colour and a technique its shape in
+    # every chart; the frontier status shows as opacity and in the tooltip.
+    from explorer import palette
+
+    if color == "model" and "model" in data.columns:
+        color_enc = alt.Color("model:N", scale=alt.Scale(**palette.color_scale(data["model"].to_list())))
+    elif color in data.columns:
+        color_enc = alt.Color(f"{color}:N")
+    else:
+        color_enc = alt.value(palette.OKABE_ITO[0])
+    shape_enc = (alt.Shape("technique:N", scale=alt.Scale(**palette.shape_scale(data["technique"].to_list())))
+                 if "technique" in data.columns else alt.value("circle"))
+    # The axis in the unit its title names (MB, not bytes): the column scaled by its metric.
+    shown = f"{cost} ({metric(cost).unit})" if metric(cost).unit else cost
+    if shown != cost:
+        data = data.with_columns((pl.col(cost) * metric(cost).scale).alias(shown))
+    x = alt.X(f"{shown}:Q", scale=alt.Scale(type="log"), title=axis_title(cost),
+              axis=alt.Axis(format="~g" if metric(cost).unit else "~s"))
     bars = alt.Chart().mark_rule(opacity=0.4).encode(x=x, y=alt.Y(f"{lo}:Q", title=axis_title(quality)), y2=f"{hi}:Q",
                                                      color=color_enc)
     dots = alt.Chart().mark_point(filled=True, size=60).encode(
-        x=x, y=f"{quality}:Q", color=color_enc, tooltip=data.columns,
-        shape=alt.Shape("frontier_status:N", scale=alt.Scale(domain=[FRONTIER, INDISTINGUISHABLE, DOMINATED])))
+        x=x, y=f"{quality}:Q", color=color_enc, tooltip=data.columns, shape=shape_enc,
+        opacity=alt.Opacity("frontier_status:N", title="frontier",
+                            scale=alt.Scale(domain=[FRONTIER, INDISTINGUISHABLE, DOMINATED], range=[1.0, 0.6, 0.25])))
     line = alt.Chart().mark_line(color="black", interpolate="step-after").encode(x=x, y=f"{quality}:Q") \
         .transform_filter("datum.on_frontier")
     layered = alt.layer(bars, dots, line, data=data).properties(width=420, height=300)
