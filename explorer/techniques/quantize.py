@@ -165,11 +165,13 @@ class Quantize(Technique):
                 else:
                     mod.weight.copy_(deq)
             head = hf.get_output_embeddings()
-            if (kernel == "int4-weight-only" and K.int4_fits(head, self.group_size)
-                    and head.weight is hf.get_input_embeddings().weight and self.lm_head):
-                # A head tied to the (quantized) embeddings: the same codes, through the kernel too.
+            tied = type(head) is torch.nn.Linear and head.weight is hf.get_input_embeddings().weight and self.lm_head
+            # A head tied to the (quantized) embeddings: the same codes, through the kernel too.
+            if tied and kernel == "int4-weight-only" and K.int4_fits(head, self.group_size):
                 hf.set_output_embeddings(K.Int4WeightOnlyLinear(head, head.weight.detach(), self.symmetric,
                                                                 self.group_size))
+            elif tied and kernel == "int8-dynamic":
+                hf.set_output_embeddings(K.Int8DynamicLinear(head, head.weight.detach()))
             if kernel == "bf16":
                 K.cast_bf16_(hf, [m for n, m in named_weighted(hf) if n not in layouts])
         hf.eval()

