@@ -64,27 +64,28 @@ def generate(
     enc = encode(tokenizer, prompts, context - max_new_tokens)
     if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != len(prompts):
         raise ValueError(f"{len(generator)} generators for {len(prompts)} prompts; give one per prompt")
-    ids, mask = enc["input_ids"], enc["attention_mask"]
+    dev = getattr(model, "device", None) or torch.device("cpu")  # the model's device (load(..., device=))
+    ids, mask = enc["input_ids"].to(dev), enc["attention_mask"].to(dev)
     eos = tokenizer.eos_token_id
     batch = ids.shape[0]
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions(mask),
                 use_cache=True, logits_to_keep=1)
     cache, logits = out.cache, out.logits[:, -1]
-    done = torch.zeros(batch, dtype=torch.bool)
-    gen = torch.empty(batch, 0, dtype=torch.long)
-    logp = torch.zeros(batch, dtype=torch.float64)
+    done = torch.zeros(batch, dtype=torch.bool, device=dev)
+    gen = torch.empty(batch, 0, dtype=torch.long, device=dev)
+    logp = torch.zeros(batch, dtype=torch.float64)  # kept on the CPU: not every device has float64
     pos = positions(mask)[:, -1:]
     decoded = steps = 0
     for step in range(max_new_tokens):
         nxt, lp = pick(logits, temperature, top_p, generator)
         decoded += int((~done).sum())
-        logp += torch.where(done, 0.0, lp.double())
+        logp += torch.where(done, 0.0, lp).cpu().double()
         nxt = torch.where(done, eos, nxt)
         gen = torch.cat([gen, nxt[:, None]], dim=1)
         done |= nxt == eos
         if bool(done.all()) or step == max_new_tokens - 1:
             break
-        mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype)], dim=1)
+        mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=dev)], dim=1)
         pos = pos + 1
         out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
                     cache=cache, use_cache=True)

@@ -144,7 +144,8 @@ def run(model: Model | str, task: T.Task | str, technique: Technique | None = No
         row |= bytes_moved_columns(variant, row, examples=examples if task.kind != "likelihood" else None,
                                    batch_size=batch_size)
     row["weight_bytes"] = variant.facts.weight_bytes
-    row["device"] = f"cpu:{torch.get_num_threads()}threads"
+    dev = getattr(model.hf, "device", torch.device("cpu"))
+    row["device"] = f"cpu:{torch.get_num_threads()}threads" if dev.type == "cpu" else str(dev)
     # How the timing columns were measured: a row reused for another request says so (explorer.sweep).
     row["batch_size"], row["repeats"] = batch_size, repeats
     row["engine_version"] = ENGINE_VERSION
@@ -186,7 +187,7 @@ def likelihood(model: Model, text: str, n: int, repeats: int, window: int = 64) 
         for group in (chunks[:-1], chunks[-1:]):  # equal-length windows in one batch, then the rest
             if not group or not group[0]:
                 continue
-            x = torch.tensor([[bos] + c for c in group])
+            x = torch.tensor([[bos] + c for c in group], device=model.hf.device)
             logits = model.hf(input_ids=x).logits[:, :-1].float()
             nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none")
             bits += (nll.sum(-1) / math.log(2)).tolist()

@@ -126,3 +126,10 @@ def test_the_model_list_has_the_zoo_then_the_real_models():
 def test_a_bad_device_names_the_valid_ones():
     with pytest.raises(ValueError, match="device='gpu0'"):
         ex.load("zoo-xs", device="gpu0")
+
+
+def test_load_puts_the_model_on_the_device_asked_and_runs_there():
+    m = ex.load("zoo-xs", device="cpu")
+    assert m.hf.device.type == "cpu"
+    row = ex.run(m, "addition", n=4, repeats=1)
+    assert row["device"].startswith("cpu:")
