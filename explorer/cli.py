@@ -121,7 +121,7 @@ def parser() -> Parser:
     sub.add_parser("models", help="every model loadable by name: the zoo and the real models (SmolLM2)")
     t = zsub.add_parser("train", help="re-create the shipped weights with the project's recipe")
     t.add_argument("names", nargs="*", help="models to train (default: the whole family); 'smollm2-drafts': "
-                   "the distilled and plain-text drafts for SmolLM2 (about 15 min on one core)")
+                   "the distilled and plain-text drafts for SmolLM2 (36 min wall on a shared 2-core machine, one thread)")
     t.add_argument("--out", default=None, help="folder to write into (default: the package's zoo)")
     t.add_argument("--text", default=None, help="folder of .txt files for the natural-text share")
     t.add_argument("--jobs", type=bounded_int("--jobs", 1, 64), default=2, help="models trained at once, one thread each")

@@ -275,6 +275,28 @@ def main(out: str | Path | None = None, *, spec: DraftSpec = DraftSpec(), thread
     return results
 
 
+def remeasure(root: str | Path | None = None, threads: int = 1, log=print) -> dict:
+    """Measure the shipped drafts' acceptance again on the held-out prompts and rewrite their cards."""
+    from explorer.models import load
+    from explorer.zoo import weights_root
+
+    torch.set_num_threads(threads)
+    root = Path(root) if root else weights_root()
+    target = load(TARGET)
+    prompts, reference, out = eval_prompts(target.tokenizer), {}, {}
+    for name in DRAFTS:
+        folder = root / name
+        facts = json.loads((folder / "training.json").read_text())
+        draft = load(str(folder))
+        with torch.inference_mode():
+            facts["acceptance"] = acceptance(target, draft, prompts, reference=reference)
+        log(f"distill: {name} acceptance {facts['acceptance']}")
+        (folder / "training.json").write_text(json.dumps(facts, indent=1))
+        (folder / "README.md").write_text(card(name, facts, draft.facts.params))
+        out[name] = facts["acceptance"]
+    return out
+
+
 def card(name: str, facts: dict, params: int) -> str:
     distilled = name == DRAFTS[0]
     data = ("SmolLM2-135M-Instruct's own greedy replies (DistillSpec) to "
