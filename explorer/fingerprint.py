@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-_seen: dict[tuple, tuple[str, str]] = {}
+_seen: dict[tuple, str] = {}  # stamp -> revision (not the name: one folder has many names)
 
 
 def stamp(name: str) -> tuple:
@@ -58,8 +58,8 @@ def identity(name: str) -> tuple[str, str]:
                     "model (explorer zoo list), a local folder, or fill the Hugging Face cache on a machine "
                     "with a network and set HF_HUB_OFFLINE=1 here") from None
             revision = revision_of(where, SimpleNamespace(config=config))
-        _seen[key] = (name, revision)
-    return _seen[key]
+        _seen[key] = revision
+    return (name, _seen[key])
 
 
 def fingerprint(name: str) -> str:

@@ -57,6 +57,16 @@ def test_a_config_is_keyed_before_it_runs_exactly_as_the_run_keys_it():
         assert row["config_hash"] == job.config_hash
 
 
+def test_one_folder_swept_by_path_then_by_name_keys_each_name_as_its_run_does(tmp_path):
+    # The fingerprint cache is per folder; it once kept the first name asked for, so a sweep of
+    # "zoo-xs" after one of its folder planned under the folder's name and refused every run.
+    kw = dict(tasks=["addition"], techniques=[ex.Baseline()], store=tmp_path, n=4, progress=False)
+    by_path = sweep(models=[str(ex.zoo.path("zoo-xs"))], **kw)
+    by_name = sweep(models=["zoo-xs"], **kw)
+    assert by_path["model"].to_list() == [str(ex.zoo.path("zoo-xs"))]
+    assert by_name["model"].to_list() == ["zoo-xs"]
+
+
 def test_a_likelihood_task_is_not_rerun_for_techniques_that_only_decode():
     jobs = plan(["zoo-xs"], ["shakespeare", "sort"], [ex.Baseline(), Sampling(n=2)], n=8)
     assert sorted((j.task, j.technique.name) for j in jobs) == [
