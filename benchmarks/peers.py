@@ -8,6 +8,8 @@ next to the tokens decoded), medians over repeats:
 - explorer fp32: the shared decoding loop (explorer.generate) on the model as loaded;
 - explorer int8 kernel: Quantize(bits=8) (torch's dynamic int8 Linear, tied head included);
 - explorer int4 kernel: Quantize(bits=4, group_size=32) (torch's CPU int4 matmul, bfloat16 activations);
+- each of those three again through the fused decode path (explorer.layerwise.FusedDecoder:
+  decode steps as plain tensor operations on a preallocated K/V cache, same outputs);
 - transformers generate, fp32 and bf16: model.generate(do_sample=False) on the same weights;
 - llama.cpp (llama-cpp-python) on the very GGUF file the model came from, batch 1 only,
   when installed. It has no wheel here and builds from source in about 11 minutes:
@@ -61,6 +63,7 @@ def paths(model, tokens: int) -> dict:
 
     import explorer as ex
     from explorer.generate import generate
+    from explorer.layerwise import fused_decoder
 
     tok = model.tokenizer
     int8 = ex.Quantize(bits=8).apply(model)
@@ -69,6 +72,10 @@ def paths(model, tokens: int) -> dict:
 
     def ours(m):
         return lambda ps: generate(m.hf, tok, ps, max_new_tokens=tokens).tokens_generated
+
+    def fused(m):
+        dec = fused_decoder(m.hf)
+        return lambda ps: generate(dec, tok, ps, max_new_tokens=tokens).tokens_generated
 
     def hf(h):
         def run(ps):
@@ -80,6 +87,8 @@ def paths(model, tokens: int) -> dict:
 
     return {"explorer fp32": ours(model), f"explorer int8 kernel ({int8.tags['quantize']['kernel']})": ours(int8),
             f"explorer int4 kernel ({int4.tags['quantize']['kernel']})": ours(int4),
+            "explorer fp32, fused decode": fused(model), "explorer int8 kernel, fused decode": fused(int8),
+            "explorer int4 kernel, fused decode": fused(int4),
             "transformers generate fp32": hf(model.hf), "transformers generate bf16": hf(bf16)}
 
 

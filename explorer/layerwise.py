@@ -407,25 +407,47 @@ class FastLayer:
     or None, and the cache view whose `update` takes this position's keys and values.
     """
 
-    def __init__(self, layer, index: int):
+    def __init__(self, layer, index: int, modules: bool = False):
         a, mlp = layer.self_attn, layer.mlp
         self.index = index
         self.heads = a.config.num_attention_heads
         self.kv_heads = a.config.num_key_value_heads or self.heads
         self.head_dim, self.scaling = a.head_dim, a.scaling
+        self.norm1, self.eps1 = layer.input_layernorm.weight.detach(), layer.input_layernorm.variance_epsilon
+        self.norm2 = layer.post_attention_layernorm.weight.detach()
+        self.eps2 = layer.post_attention_layernorm.variance_epsilon
+        # modules=True: each projection is the model's own module (a quantized kernel's Linear, say),
+        # called in turn; otherwise the plain weights, Q/K/V and gate/up fused.
+        self.modules = (a.q_proj, a.k_proj, a.v_proj, a.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj) \
+            if modules else None
+        if modules:
+            return
         self.qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
         self.qkv_bias = (None if a.q_proj.bias is None else
                          torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).detach())
         self.o = a.o_proj.weight.detach()
         self.gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
         self.down = mlp.down_proj.weight.detach()
-        self.norm1, self.eps1 = layer.input_layernorm.weight.detach(), layer.input_layernorm.variance_epsilon
-        self.norm2 = layer.post_attention_layernorm.weight.detach()
-        self.eps2 = layer.post_attention_layernorm.variance_epsilon
+
+    def project_qkv(self, x):
+        if self.modules is None:
+            return torch.nn.functional.linear(x, self.qkv, self.qkv_bias)
+        q, k, v = self.modules[:3]
+        return torch.cat([q(x), k(x), v(x)], -1)
+
+    def out(self, o):
+        return torch.nn.functional.linear(o, self.o) if self.modules is None else self.modules[3](o)
+
+    def mlp(self, x):
+        if self.modules is None:
+            gate, up = torch.nn.functional.linear(x, self.gate_up).chunk(2, -1)
+            return torch.nn.functional.linear(torch.nn.functional.silu(gate) * up, self.down)
+        g, u, d = self.modules[4:]
+        return d(torch.nn.functional.silu(g(x)) * u(x))
 
     def __call__(self, h, cos, sin, mask, cache) -> torch.Tensor:
         rows, hd = h.shape[0], self.head_dim
-        qkv = torch.nn.functional.linear(rms_norm(h, self.norm1, self.eps1), self.qkv, self.qkv_bias)
+        qkv = self.project_qkv(rms_norm(h, self.norm1, self.eps1))
         qkv = qkv.view(rows, 1, self.heads + 2 * self.kv_heads, hd).transpose(1, 2)
         qk, v = qkv.split([self.heads + self.kv_heads, self.kv_heads], 1)
         qk = qk * cos[:, None] + rotate_half(qk) * sin[:, None]  # rotary on queries and keys at once
@@ -439,9 +461,8 @@ class FastLayer:
         if mask is not None:
             scores = scores.masked_fill(~mask, float("-inf"))
         o = torch.matmul(scores.softmax(-1), v)  # (rows, kv heads, group, head dim)
-        h = h + torch.nn.functional.linear(o.reshape(rows, 1, self.heads * hd), self.o)
-        gate, up = torch.nn.functional.linear(rms_norm(h, self.norm2, self.eps2), self.gate_up).chunk(2, -1)
-        return h + torch.nn.functional.linear(torch.nn.functional.silu(gate) * up, self.down)
+        h = h + self.out(o.reshape(rows, 1, self.heads * hd))
+        return h + self.mlp(rms_norm(h, self.norm2, self.eps2))
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -454,8 +475,10 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 _FAST: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def fast_layers(hf) -> list[FastLayer] | None:
-    """`FastLayer`s for a Llama stack of plain Linear projections with SiLU MLPs; else None."""
+def fast_layers(hf, modules: bool = False) -> list[FastLayer] | None:
+    """`FastLayer`s for a Llama stack of plain Linear projections with SiLU MLPs; else None.
+
+    modules=True also takes Linear subclasses (quantized kernels), called as modules."""
     linear = torch.nn.Linear
     if getattr(hf.config, "hidden_act", None) != "silu" or hf.config._attn_implementation != "sdpa":
         return None
@@ -463,14 +486,59 @@ def fast_layers(hf) -> list[FastLayer] | None:
         a, mlp = layer.self_attn, getattr(layer, "mlp", None)
         projs = [getattr(a, n, None) for n in ("q_proj", "k_proj", "v_proj", "o_proj")]
         projs += [getattr(mlp, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
-        if not all(type(p) is linear for p in projs) or any(p.bias is not None for p in projs[3:]):
+        if not all(type(p) is linear or modules and isinstance(p, linear) for p in projs) or any(
+                p.bias is not None for p in projs[3:]):
             return None
         if len({p.bias is None for p in projs[:3]}) > 1 or hasattr(a, "q_norm") or getattr(a, "sliding_window", None):
             return None
         if not all(hasattr(n, "weight") and hasattr(n, "variance_epsilon")
                    for n in (layer.input_layernorm, layer.post_attention_layernorm)):
             return None
-    return [FastLayer(layer, i) for i, layer in enumerate(hf.model.layers)]
+    return [FastLayer(layer, i, modules) for i, layer in enumerate(hf.model.layers)]
+
+
+class FusedDecoder:
+    """A Llama causal LM whose decode steps run `FastLayer`s on a preallocated K/V cache.
+
+    Called like the transformers model by the shared loop (`explorer.generate.generate`):
+    the prompt runs through the model itself (its prefill is one batched call
+    whatever the layers); each later position runs the fused layers, so a
+    decode step pays no module dispatch beyond the projections. Greedy output
+    equals the model's own (tested). Quantized kernels' Linears are called as
+    modules. `fused_decoder(hf)` returns None for a model it cannot run.
+    """
+
+    def __init__(self, hf, layers: list[FastLayer]):
+        self.hf, self.config, self.layers = hf, hf.config, layers
+
+    @torch.inference_mode()
+    def __call__(self, *, input_ids, attention_mask, position_ids, cache=None, logits_to_keep=0, **_) -> Output:
+        inner = self.hf.model
+        if cache is None:
+            out = self.hf(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                          use_cache=True, logits_to_keep=logits_to_keep)
+            layers = out.cache.layers
+            return Output(out.logits, KVCache([c.keys for c in layers], [c.values for c in layers]))
+        t = cache.length
+        cache.open()
+        h = inner.embed_tokens(input_ids)
+        cos, sin = inner.rotary_emb(h, position_ids=position_ids)
+        mask = None if bool(attention_mask[:, : t + 1].all()) else attention_mask[:, None, None, : t + 1].bool()
+        view = RowsView(cache, None)
+        for layer in self.layers:
+            h = layer(h, cos, sin, mask, view)
+        cache.close()
+        return Output(self.hf.lm_head(inner.norm(h)), cache)
+
+
+def fused_decoder(hf) -> FusedDecoder | None:
+    """The fused decode path for this model, or None (not a plain Llama stack)."""
+    try:
+        check_supported(hf)
+    except ValueError:
+        return None
+    layers = fast_layers(hf, modules=True)
+    return None if layers is None else FusedDecoder(hf, layers)
 
 
 def agree(logits, top, streak) -> tuple[torch.Tensor, torch.Tensor]:

@@ -272,8 +272,15 @@ def test_the_draft_view_shares_the_weights_and_predicts_like_the_exit_layer(mid_
         assert torch.equal(view(input_ids=ids).logits, expect)
 
 
+@pytest.fixture
+def fixed_length(monkeypatch):
+    """Speculate at the fixed draft length at every batch size (no measured plan choosing plain
+    decoding): these tests are about the draft and the loop, not the plan (tests/test_drafts.py)."""
+    monkeypatch.setattr(SelfSpeculative, "plans_lengths", lambda self, rows: False)
+
+
 @pytest.mark.parametrize("k", [1, 2])
-def test_self_speculative_greedy_output_is_the_full_models(mid_model, k):
+def test_self_speculative_greedy_output_is_the_full_models(mid_model, k, fixed_length):
     ps = prompts(6, seed=2)
     full = generate(mid_model.hf, mid_model.tokenizer, ps, max_new_tokens=12)
     tech = SelfSpeculative(exit_layer=k, draft_len=3)
@@ -282,7 +289,7 @@ def test_self_speculative_greedy_output_is_the_full_models(mid_model, k):
     assert out.stats.accepted > 0  # the first layers do predict: some drafts survive
 
 
-def test_a_self_speculative_row_reuses_the_speculative_columns(small):
+def test_a_self_speculative_row_reuses_the_speculative_columns(small, fixed_length):
     row = ex.run(small, "addition", SelfSpeculative(exit_layer=1, draft_len=4), n=8, repeats=1)
     assert row["technique"] == "self_speculative" and row["knob_exit_layer"] == 1 and row["knob_draft"] == "self"
     assert row["outputs_match_target_alone"] is True
@@ -290,7 +297,7 @@ def test_a_self_speculative_row_reuses_the_speculative_columns(small):
     assert 0 < row["acceptance_rate"] <= 1 and row["tokens_per_target_call"] > 1
 
 
-def test_self_speculative_uses_the_one_speculative_loop(small, monkeypatch):
+def test_self_speculative_uses_the_one_speculative_loop(small, monkeypatch, fixed_length):
     import explorer.techniques.speculative as spec
 
     calls = []
