@@ -41,7 +41,8 @@ def task_format(task: T.Task | str) -> str:
     return str(getattr(task, "format", None) or getattr(task, "task_format", None) or DEFAULT_TASK_FORMAT)
 
 
-def config_hash(model: Model | tuple[str, str], task: T.Task | str, technique: Technique, n: int, seed: int) -> str:
+def config_hash(model: Model | tuple[str, str], task: T.Task | str, technique: Technique, n: int, seed: int,
+                batch_size: int | None = None) -> str:
     """The row's key: everything that changes the row's results, and nothing that only times them.
 
     The target's name, weights fingerprint and dtype; the fingerprint of every other model the
@@ -49,8 +50,10 @@ def config_hash(model: Model | tuple[str, str], task: T.Task | str, technique: T
     the engine version. Not batch_size or repeats: samples are seeded per example, so they change
     only how the row was measured (timings, and costs of a batch such as bytes moved per
     token), never its answers; a row records both (see `explorer.sweep` on reusing a row
-    measured with other values). `model` may be a (name, fingerprint) pair, so a sweep can key
-    a run before loading it.
+    measured with other values). Except for a technique whose results do depend on the batch
+    (`batch_changes_results`: speculative decoding picks its draft lengths, or plain decoding,
+    from costs measured at the batch size), whose key holds `batch_size` too. `model` may be a
+    (name, fingerprint) pair, so a sweep can key a run before loading it.
     """
     from explorer.fingerprint import fingerprint
 
@@ -68,6 +71,9 @@ def config_hash(model: Model | tuple[str, str], task: T.Task | str, technique: T
         key["task_source"] = source
     if tags:  # a model passed in already changed (a prepared variant)
         key["model_tags"] = tags
+    parts = getattr(technique, "parts", None) or (technique,)
+    if any(getattr(p, "batch_changes_results", False) for p in parts):
+        key["batch_size"] = batch_size
     others = technique.models()
     if others:
         key["other_models"] = {m: fingerprint(m) for m in others}
@@ -123,7 +129,7 @@ def run(model: Model | str, task: T.Task | str, technique: Technique | None = No
         raise ValueError(f"model={model!r}; give a model name (zoo name, folder, Hugging Face id) or "
                          "an explorer.load(...) result")
     task = task.for_model(model)  # its format: the zoo's digits for the zoo, the written form for others
-    key = config_hash(model, task, technique, n, seed)  # before running: the drafts' weights as they are now
+    key = config_hash(model, task, technique, n, seed, batch_size)  # before running: the drafts' weights as they are now
     variant = technique.prepare_for(model, task)
     row: dict[str, Any] = {
         "model": model.name, "model_params": model.facts.params, "model_layers": model.facts.layers,

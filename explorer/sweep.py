@@ -124,7 +124,7 @@ def plan(models: Sequence[str] | str, tasks: Sequence[str] | str, techniques=Non
         ident = model_identity(model)
         for task, tech in itertools.product(task_objs, techs):
             if applies(tech, task):
-                jobs.append(Job(model, task.name, tech, n, seed, config_hash(ident, planned(model, task), tech, n, seed),
+                jobs.append(Job(model, task.name, tech, n, seed, config_hash(ident, planned(model, task), tech, n, seed, batch_size),
                                 repeats, batch_size))
     return list({j.config_hash: j for j in jobs}.values())
 

@@ -113,10 +113,10 @@ def test_speculative_sampling_does_not_depend_on_the_batch(zoo_models):
 
 
 @pytest.mark.parametrize("technique", [
-    Speculative(draft="zoo-xs", draft_len=4, temperature=1.0),
     ex.EarlyExit("max_prob", 0.8, temperature=1.0),
     Sampling(n=4, temperature=1.0),
-], ids=["speculative", "early_exit", "sampling"])
+    ex.compose(ex.EarlyExit("max_prob", 0.9, temperature=1.0), Sampling(n=2)),
+], ids=["early_exit", "sampling", "early_exit+sampling"])
 def test_a_sampled_row_is_the_same_at_any_batch_size(zoo_models, technique):
     model = zoo_models["zoo-s"]
     small = ex.run(model, "addition", technique, n=20, seed=4, repeats=1, batch_size=3)
@@ -124,6 +124,20 @@ def test_a_sampled_row_is_the_same_at_any_batch_size(zoo_models, technique):
     assert small["config_hash"] == big["config_hash"]
     assert (small["batch_size"], big["batch_size"]) == (3, 64)
     assert results(small) == results(big)
+
+
+def test_a_speculative_row_is_keyed_by_its_batch_size(zoo_models):
+    """Speculative decoding picks its draft lengths (or plain decoding) from costs measured at the
+    batch size, so acceptance and calls depend on it: one row per batch size, never one reused."""
+    tech = Speculative(draft="zoo-xs", draft_len=4)
+    model = zoo_models["zoo-m"]
+    keys = {config_hash(model, "addition", tech, 8, 0, b) for b in (1, 8, 64)}
+    assert len(keys) == 3
+    assert config_hash(model, "addition", ex.Baseline(), 8, 0, 1) == config_hash(model, "addition", ex.Baseline(), 8, 0, 64)
+    row = ex.run(model, "addition", tech, n=8, seed=0, repeats=1, batch_size=8)
+    assert row["config_hash"] == config_hash(model, T.get("addition").for_model(model), tech, 8, 0, 8)
+    job, = plan(["zoo-m"], ["addition"], [tech], n=8, seed=0, batch_size=8)
+    assert job.config_hash == row["config_hash"]
 
 
 def test_a_row_records_how_it_was_measured_and_by_which_engine(tiny_model):

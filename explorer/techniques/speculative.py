@@ -84,6 +84,9 @@ class Speculative(Technique):
     """
 
     name: ClassVar[str] = "speculative"
+    # Its acceptance, calls and mode (speculative or plain) depend on the batch size, so the
+    # row's key holds batch_size (explorer.runs.config_hash).
+    batch_changes_results: ClassVar[bool] = True
     draft: str = "zoo-xs"
     draft_len: int = 4
     adaptive: float | None = None
