@@ -78,6 +78,17 @@ TABLE: dict[str, Metric] = {m.column: m for m in [
     _cost("tokens_generated", "tokens generated"),
     _cost("bytes_moved_per_token_analytic", "bytes moved per token", "MB", 1e-6, analytic=True),
     _cost("wall_s_target_alone", "time for the target alone", "s"),
+    _cost("bits_per_weight", "bits per weight", "bits"),
+    _cost("cost_ratio_measured", "draft / target cost per call (measured)", "x"),
+    _cost("verify_cost_ratio_measured", "verify / one-token call cost (measured)", "x"),
+    _cost("exit_layer_mean", "mean exit layer", "layers"),
+    _cost("kv_fill_share", "share of decode time filling skipped layers' K/V"),
+    _cost("target_calls", "target calls"),
+    _cost("draft_calls", "draft calls"),
+    _cost("target_positions", "positions the target ran"),
+    _cost("draft_positions", "positions the draft ran"),
+    _cost("samples_drawn", "samples drawn"),
+    _cost("generate_calls", "generate calls"),
     # qualities
     _quality("accuracy", "accuracy"),
     _quality("sample_accuracy", "accuracy of one sample"),
@@ -89,6 +100,10 @@ TABLE: dict[str, Metric] = {m.column: m for m in [
     _quality("speedup_measured", "measured speed-up", "x"),
     _quality("speedup_predicted", "predicted speed-up", "x"),
     _quality("tokens_per_target_call", "tokens per target call"),
+    _quality("speedup_predicted_from_counts", "speed-up predicted from the counts", "x"),
+    _quality("accuracy_target_alone", "accuracy of the target alone"),
+    # a saving is better higher, though it is computed from costs
+    Metric("flops_saving_analytic", "FLOPs saved", "", 1.0, higher_is_better=True, kind="quality", analytic=True),
 ]}
 
 # The cost axes a lab or a chart offers, in this order.
@@ -109,6 +124,8 @@ def metric(column: str) -> Metric:
         return Metric(column, f"{m.label} ({column[-2:]} bound)", m.unit, m.scale, m.higher_is_better, m.kind,
                       m.analytic)
     label = column.replace("_", " ")
+    if column.startswith("tokens_generated_at_"):  # what k samples per problem generate (Sampling rows)
+        return Metric(column, label, higher_is_better=False, kind="cost")
     if column.endswith(_COST_SUFFIXES) or "flops" in column:
         return Metric(column, label, higher_is_better=False, kind="cost", analytic=column.endswith("_analytic"))
     lower = any(s in column for s in _LOWER_BETTER_QUALITIES)

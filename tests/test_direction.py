@@ -72,3 +72,13 @@ def test_every_seeded_path_refuses_a_seed_that_is_not_a_non_negative_integer(see
                  lambda: agg.simulate_verifier(np.ones((1, 2), bool), 0.1, 0.1, seed)):
         with pytest.raises(ValueError, match=f"seed={seed!r}"):
             call()
+
+
+@pytest.mark.parametrize("column, higher", [
+    ("flops_saving_analytic", True), ("tokens_generated_at_4", False), ("cost_ratio_measured", False),
+    ("verify_cost_ratio_measured", False), ("bits_per_weight", False), ("exit_layer_mean", False),
+    ("kl_vs_full_nats", False), ("top1_agreement_vs_full", True), ("majority_at_4", True), ("pass_at_2", True),
+    ("bits_per_char_hi", False), ("speedup_measured", True), ("flops_per_problem_at_4_analytic", False),
+])
+def test_each_result_column_a_run_writes_has_its_direction(column, higher):
+    assert higher_is_better(column) is higher
