@@ -83,6 +83,7 @@ def test_eight_bit_weights_change_bits_per_char_by_less_than_003(smol):
 
 
 def test_speculative_greedy_output_is_the_targets_with_every_draft_and_distilling_pays(smol):
+    from explorer.speculative import PromptLookup
     from explorer.zoo import distill
 
     prompts = distill.eval_prompts(smol.tokenizer, n_task=8, n_text=2)
@@ -90,6 +91,7 @@ def test_speculative_greedy_output_is_the_targets_with_every_draft_and_distillin
     rates = {}
     drafts = {name: ex.load(name) for name in ex.zoo.DRAFTS}
     drafts["self[:8]"] = ex.SelfSpeculative(exit_layer=8).draft_model(smol)
+    drafts["prompt_lookup"] = PromptLookup()
     for name, draft in drafts.items():
         r = distill.acceptance(smol, draft, prompts, draft_len=4, reference=reference)
         assert r["identical_to_target"], name
