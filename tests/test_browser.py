@@ -143,14 +143,17 @@ def test_every_slider_redraws_the_lab_and_a_click_selects_a_point(tmp_path):
         assert "FLOPs per problem" in readout[2]  # the axis sampling declares, chosen with it
 
         # A page reload re-renders the chart from its last spec (drawn before the budget moved); the
-        # lab puts the state's budget back, so the red budget rule is drawn again.
+        # lab puts the state's budget back, so the budget rule is drawn again.
         # Saved first, as a teacher's notebook would be: the saved output names the lab's widgets,
         # which the reloaded page fetches from the still-running kernel.
         page.locator(".jp-Notebook").first.click(position={"x": 5, "y": 5})
         page.keyboard.press("Control+s")
         wait_for(page, lambda: page.locator(".jp-mod-dirty").count() == 0, 30, "the notebook to be saved")
         page.reload(timeout=120_000)
-        wait_for(page, lambda: page.locator(".tx-lab .vega-embed svg [stroke='#d62728']").count() > 0, 120,
+        from explorer import palette
+
+        rule = f".tx-lab .vega-embed svg [stroke='{palette.BUDGET}']"
+        wait_for(page, lambda: page.locator(rule).count() > 0, 120,
                  "the budget rule after a page reload")
         assert lab.status() == fit
         jh.shot(page, "lab-reloaded")
