@@ -344,13 +344,15 @@ def read_at_k(df, k: int | None, aggregator: str | None = None):
     return df.update(update, on="config_hash")
 
 
-_at_k: dict[tuple[str, int, str | None], dict[str, Any]] = {}
+_at_k: dict[tuple, dict[str, Any]] = {}
 
 
 def at_k(row: Mapping, k: int, aggregator: str | None = None) -> dict[str, Any]:
-    """One Sampling row's headline at k (judged by `aggregator`, else its own), memoized: a
-    config_hash names one fixed set of samples."""
-    key = (row["config_hash"], k, aggregator)
+    """One Sampling row's headline at k (judged by `aggregator`, else its own), memoized by the
+    row's key and what identifies its samples (a live lab stores an estimate on the first
+    problems under the same key before the full row replaces it)."""
+    key = (row["config_hash"], row.get("n_examples"), row.get("samples_drawn"), row.get("tokens_generated"),
+           row.get("created_at"), k, aggregator)
     if key not in _at_k:
         knobs = {f: row[f"knob_{f}"] for f in ("aggregator", "verifier_fpr", "verifier_fnr", "temperature", "top_p")
                  if row.get(f"knob_{f}") is not None}
