@@ -86,6 +86,20 @@ def names() -> list[str]:
     return zoo.names() + list(gguf.NAMED) + [d for d in zoo.DRAFTS if (zoo.weights_root() / d).is_dir()]
 
 
+def card(name_or_path: str | os.PathLike) -> str:
+    """A model's card (README.md): for a GGUF model, the one written beside its conversion, which says
+    what its reference precision is; for a zoo model or a folder, the folder's own."""
+    from explorer import gguf_models as gguf
+
+    where, source = resolve(name_or_path)
+    folder = gguf.cache_folder(Path(where)) if source == "gguf" else Path(where)
+    readme = folder / "README.md"
+    if not readme.exists():
+        hint = " (load it once to convert it)" if source == "gguf" else ""
+        raise FileNotFoundError(f"no model card for {str(name_or_path)!r} at {readme}{hint}")
+    return readme.read_text()
+
+
 def real_names() -> list[str]:
     """The named real models installed here (SmolLM2 once its wheel is in): what the lab offers beside the zoo."""
     from explorer import gguf_models as gguf

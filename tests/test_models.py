@@ -133,3 +133,11 @@ def test_load_puts_the_model_on_the_device_asked_and_runs_there():
     assert m.hf.device.type == "cpu"
     row = ex.run(m, "addition", n=4, repeats=1)
     assert row["device"].startswith("cpu:")
+
+
+def test_a_zoo_model_card_is_its_folders_readme():
+    from explorer.models import card
+
+    assert card("zoo-s").startswith("---") and "# zoo-s" in card("zoo-s")
+    with pytest.raises(ex.ModelNotFound):
+        card("./no-such-folder")

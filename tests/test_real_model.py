@@ -39,10 +39,9 @@ def test_second_load_reads_the_converted_safetensors_without_converting(smol, mo
 
 
 def test_the_model_card_says_the_reference_is_the_dequantized_file(smol):
-    from explorer import gguf_models
+    from explorer.models import card
 
-    folder = gguf_models.cache_folder(gguf_models.named_file("smollm2-135m"))
-    card = (folder / "README.md").read_text()
+    card = card("smollm2-135m")
     assert "Reference precision: the dequantized GGUF file, not the original release" in card
     assert "Q4_1" in card and "bf16" in card
 
