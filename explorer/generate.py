@@ -176,7 +176,7 @@ def draw(probs: torch.Tensor, generator: Sampler, active: torch.Tensor | None = 
         return torch.multinomial(probs, 1, generator=generator)[:, 0]
     # Inverse CDF with each row's own uniform: a row's draw reads its own stream only.
     cdf = probs.double().cumsum(-1)
-    u = uniform((probs.shape[0],), generator, active).double() * cdf[:, -1]
+    u = uniform((probs.shape[0],), generator, active).to(cdf.device, torch.float64) * cdf[:, -1]
     idx = torch.searchsorted(cdf, u[:, None], right=True)[:, 0]
     return idx.clamp(max=probs.shape[-1] - 1)
 
