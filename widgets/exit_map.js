@@ -1,3 +1,18 @@
+// A colour key: no meaning by colour alone.
+function key(entries) {
+  const box = document.createElement("div");
+  box.className = "tx-key";
+  for (const [cls, text] of entries) {
+    const item = document.createElement("span");
+    const sw = document.createElement("span");
+    sw.className = "tx-swatch " + cls;
+    item.appendChild(sw);
+    item.appendChild(document.createTextNode(text));
+    box.appendChild(item);
+  }
+  return box;
+}
+
 function render({ model, el }) {
   const root = document.createElement("div");
   root.className = "tx-view tx-exit";
@@ -22,8 +37,7 @@ function render({ model, el }) {
       tr.appendChild(th);
       exits.forEach((e, i) => {
         const td = document.createElement("td");
-        if (layer < e) td.className = "tx-ran";
-        if (layer === e) td.className = "tx-exit";
+        td.className = layer < e ? "tx-ran" : layer === e ? "tx-exit" : "tx-skip";
         td.title = `token ${JSON.stringify(tokens[i])} left at layer ${e}`;
         tr.appendChild(td);
       });
@@ -38,6 +52,8 @@ function render({ model, el }) {
     });
     table.appendChild(foot);
     root.appendChild(table);
+    root.appendChild(key([["tx-ran", "layer ran"], ["tx-exit", "left here (prediction confident)"],
+                          ["tx-skip", "skipped"]]));
   }
   for (const name of ["tokens", "exit_layers", "n_layers", "title"]) model.on(`change:${name}`, draw);
   draw();

@@ -26,6 +26,13 @@ function render({ model, el }) {
       if (c.bonus !== undefined && c.bonus !== null) box.appendChild(span(c.bonus, "tx-bonus"));
       root.appendChild(box);
     }
+    const keyBox = document.createElement("div");
+    keyBox.className = "tx-key";
+    for (const [cls, text] of [["tx-acc", "drafted, kept"], ["tx-rej", "drafted, thrown away"],
+                               ["tx-bonus", "the target's own token"]]) {
+      keyBox.appendChild(span(text, cls));
+    }
+    root.appendChild(keyBox);
   }
   model.on("change:calls", draw);
   model.on("change:title", draw);

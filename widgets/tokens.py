@@ -27,8 +27,8 @@ class SpecStreamView(anywidget.AnyWidget):
         """The first prompt's token stream of a `Speculative` row, as stored (no re-run)."""
         calls = [{"accepted": list(c["accepted"]), "rejected": list(c["rejected"]), "bonus": c["bonus"]}
                  for c in row["spec_trace"]]
-        return cls(calls=calls, title=f"{row['model']} verifying {row.get('knob_draft')} "
-                                      f"(draft_len {row.get('knob_draft_len')}):")
+        return cls(calls=calls, title=f"{row['model']} checking drafts of {row.get('knob_draft')} "
+                                      f"(draft length {row.get('knob_draft_len')}) on {row.get('task')}, problem 1:")
 
 
 class ExitMapView(anywidget.AnyWidget):
@@ -43,11 +43,16 @@ class ExitMapView(anywidget.AnyWidget):
     title = t.Unicode("").tag(sync=True)
 
     @classmethod
-    def from_row(cls, row: dict, example: int = 0) -> "ExitMapView":
-        """The token x layer map of one example of an `EarlyExit` row (no re-run)."""
-        return cls(tokens=list(row["exit_tokens"][example]), exit_layers=list(row["exit_layers"][example]),
-                   n_layers=int(row["model_layers"]),
-                   title=f"{row['model']} {row.get('knob_criterion')}>={row.get('knob_threshold')}:")
+    def from_row(cls, row: dict, example: int | None = None) -> "ExitMapView":
+        """The token x layer map of one example of an `EarlyExit` row (no re-run). By default the
+        problem with the most generated tokens: long enough to see which tokens leave early."""
+        layers = row["exit_layers"]
+        if example is None:
+            example = max(range(len(layers)), key=lambda i: (len(layers[i]), -i)) if len(layers) else 0
+        config = (f"{row['model']}, early exit when {row.get('knob_criterion')} passes {row.get('knob_threshold')}"
+                  f" on {row.get('task')}, problem {example + 1} of {row.get('n_examples')}:")
+        return cls(tokens=list(row["exit_tokens"][example]), exit_layers=list(layers[example]),
+                   n_layers=int(row["model_layers"]), title=config)
 
 
 class CurveView(anywidget.AnyWidget):
