@@ -1,6 +1,8 @@
 """The lab in a real JupyterLab, in a real browser: render, move a slider, see the chart change."""
 import json
+import os
 import re
+import sys
 import time
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 from tests import jupyter_harness as jh
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
 
 LAB_CELL = """\
 import os
@@ -172,3 +175,101 @@ def test_every_slider_redraws_the_lab_and_a_click_selects_a_point(tmp_path):
         active = page.locator(".tx-lab .widget-toggle-buttons button.mod-active").first.inner_text()
         assert active in status  # the technique control shows the clicked run's technique
         jh.shot(page, "lab-clicked")
+
+
+GRAMMAR_CELLS = [LAB_CELL, """\
+from explorer.frontier import chart
+chart(lab.store.frame().filter(lab.store.frame()["n_examples"] == 16), cost="weight_bytes")"""]
+PALETTE = {"zoo-xs": "#0072B2", "zoo-s": "#E69F00"}  # explorer.palette.model_color, spelled out: the test must not share the code
+
+
+def symbol_fills(page, chart) -> dict[str, set[str]]:
+    """Model -> the fill colours of its points in one chart (Vega writes each mark's fields in aria-label)."""
+    out: dict[str, set[str]] = {}
+    for path in chart.locator("g.mark-symbol path").all():
+        label, fill = path.get_attribute("aria-label") or "", path.get_attribute("fill")
+        m = re.search(r"model: ([\w-]+)", label)
+        if m and fill:
+            out.setdefault(m[1], set()).add(fill.upper())
+    return out
+
+
+def test_a_teachers_path_budget_stays_colours_agree_and_the_chart_fits_beside_the_sidebar(tmp_path):
+    """At 1400x900 with JupyterLab's file browser open: the lab's chart lies inside the window; a budget
+    the user set survives a model removed and re-added and a task change; a model has one colour in the
+    lab's chart and in the CLI's chart."""
+    root = tmp_path / "root"
+    root.mkdir()
+    notebook(root / "teach.ipynb", GRAMMAR_CELLS)
+    with jh.jupyter_lab(root, tmp_path) as url, jh.browser() as page:
+        page.set_viewport_size({"width": 1400, "height": 900})
+        page.goto(f"{url}/lab/tree/teach.ipynb?reset", timeout=120_000)
+        jh.restart_and_run_all(page)
+        lab = LabPage(page)
+        wait_for(page, lambda: jh.symbol_count(page) == 4 and "new runs" in lab.status(), 180, "four points")
+        jh.wait_idle(page)
+        # The file browser is open beside the notebook, as a teacher has it.
+        if not page.locator("#filebrowser").is_visible():
+            page.keyboard.press("Control+Shift+F")
+        wait_for(page, lambda: page.locator("#filebrowser").is_visible(), 30, "the file browser")
+        embed = page.locator(".tx-lab .vega-embed").first
+        embed.scroll_into_view_if_needed()
+        time.sleep(1)
+        box = embed.bounding_box()
+        assert box and box["x"] >= 0 and box["x"] + box["width"] <= 1400, box
+        assert box["y"] >= 0 and box["y"] + box["height"] <= 900, box
+        jh.shot(page, "teach-sidebar-open")
+
+        # One colour per model, in both charts.
+        charts = page.locator(".vega-embed")
+        wait_for(page, lambda: charts.count() >= 2, 60, "the CLI chart under the lab")
+        lab_fills, cli_fills = symbol_fills(page, charts.nth(0)), symbol_fills(page, charts.nth(charts.count() - 1))
+        for model, colour in PALETTE.items():
+            assert lab_fills.get(model) == {colour} and cli_fills.get(model) == {colour}, (lab_fills, cli_fills)
+
+        # The user sets a budget; it stays through a model removed and re-added and a task change.
+        handle = lab.slider("budget").locator(".noUi-handle").first
+        handle.focus()
+        for _ in range(30):
+            page.keyboard.press("ArrowLeft")
+        wait_for(page, lambda: "≤" in lab.budget_readout(), 30, "a budget")
+        time.sleep(1)
+        budget = lab.budget_readout()
+        models = page.locator(".tx-lab .widget-select-multiple:has(label:text-is('models')) select").first
+        models.select_option(["zoo-s"])
+        wait_for(page, lambda: jh.symbol_count(page) == 2, 120, "one model")
+        models.select_option(["zoo-xs", "zoo-s"])
+        wait_for(page, lambda: jh.symbol_count(page) == 4, 120, "two models again")
+        assert lab.budget_readout() == budget
+        page.locator(".tx-lab .widget-dropdown:has(label:text-is('task')) select").first.select_option("sort")
+        wait_for(page, lambda: "new runs" in lab.status() or "all in the store" in lab.status(), 180, "sort's runs")
+        jh.wait_idle(page)
+        time.sleep(2)
+        assert lab.budget_readout() == budget, (budget, lab.budget_readout())
+        jh.shot(page, "teach-after-task-change")
+
+
+def test_voila_first_screen_is_the_explorer(tmp_path):
+    """The app page: a title, one sentence, the controls, the card and the chart on the first screen
+    (1400x900); no code, no progress bar once idle, no editing prompt."""
+    argv = [sys.executable, "-m", "voila", "notebooks/app/explorer.ipynb", "--no-browser", "--Voila.ip=127.0.0.1"]
+    env_store = tmp_path / "store"
+    os.environ["EXPLORER_STORE"] = str(env_store)
+    try:
+        with jh.server(argv, ROOT, tmp_path, "/voila/static/voila.js") as url, jh.browser() as page:
+            page.set_viewport_size({"width": 1400, "height": 900})
+            page.goto(url + "/", timeout=240_000)
+            page.wait_for_selector(".tx-lab .vega-embed svg", timeout=240_000)
+            wait_for(page, lambda: "new runs" in page.locator(".tx-lab .tx-status").inner_text()
+                     or "all in the store" in page.locator(".tx-lab .tx-status").inner_text(), 300, "the app's runs")
+            time.sleep(1)
+            jh.shot(page, "voila-app-first-screen")
+            text = page.inner_text("body")
+            assert "The Trade-off Explorer" in text and "double-click" not in text.lower()
+            assert page.locator(".jp-InputArea, .CodeMirror, .cm-editor").count() == 0  # no code shown
+            for sel in (".tx-lab .vega-embed svg", ".tx-lab .tx-card", ".tx-lab .widget-dropdown"):
+                box = page.locator(sel).first.bounding_box()
+                assert box and box["y"] + min(box["height"], 100) <= 900 and box["x"] + box["width"] <= 1400, (sel, box)
+            assert all(not p.is_visible() for p in page.locator(".widget-progress").all())
+    finally:
+        os.environ.pop("EXPLORER_STORE", None)

@@ -260,6 +260,10 @@ class Lab(w.VBox):
         self.state.observe(self._default_axis, names="technique")
         self.state.observe(lambda ch: self._status(), names=["status", "busy"])
         self.state.observe(lambda ch: setattr(self.progress, "value", ch["new"]), names="progress")
+        # The bar shows only while runs are going (its space stays reserved): an idle page has no bars.
+        self.progress.layout.visibility = "visible" if self.state.busy else "hidden"
+        self.state.observe(lambda ch: setattr(self.progress.layout, "visibility", "visible" if ch["new"] else "hidden"),
+                           names="busy")
         filters = [f for f in self.state.filters() if f in self.state.trait_names()]
         self.state.observe(lambda ch: self._card(), names=["task", "models", *filters])
         self.state.observe(self._filtered, names=filters)
