@@ -61,6 +61,7 @@ class Runner:
         self._generation = 0
         self._timer: threading.Timer | None = None
         self._lock = threading.Lock()
+        self._rows_lock = threading.Lock()
         self._partial_lock = threading.Lock()  # storing a full row and dropping its estimate: one step
         self._load_lock = threading.Lock()  # two workers must not load one model twice at once
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-runner")
@@ -167,7 +168,7 @@ class Runner:
                 made += 1
                 self._progress["estimates"] = made
                 self._say(generation)
-                self.on_rows()
+                self._notify()
         except Exception as err:  # noqa: BLE001 - an estimate is optional; the full run will say what broke
             self._progress["estimating"] = 0
             self.state.status = f"first estimate failed ({type(err).__name__}: {err}); the full runs go on"
@@ -215,7 +216,7 @@ class Runner:
                     self.store.add(row)
                     self.partial.pop(job.config_hash, None)  # the full run replaces its first estimate
                 done += 1
-                self.on_rows()
+                self._notify()
             self.state.progress = 1.0
             self._progress.update(done=len(todo), running="")
             self.state.status = f"{done} new run{'' if done == 1 else 's'} stored in {self.store.path}" + self.skipped()
@@ -225,6 +226,12 @@ class Runner:
             if generation == self._generation:
                 self.state.busy = False
         return done
+
+    def _notify(self) -> None:
+        # Both workers redraw; one at a time, each reading the rows as they are now, so an estimate's
+        # redraw that finishes late cannot put back a point its full run already replaced.
+        with self._rows_lock:
+            self.on_rows()
 
     def _say(self, generation: int) -> None:
         """One status line for both workers: what is estimated, what is being refined."""
