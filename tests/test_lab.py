@@ -172,7 +172,7 @@ def test_a_live_speculative_run_feeds_the_token_stream_view(tmp_path):
     lab.state.draft_len = 5  # a new run, a new stream
     lab.runner.wait(120)
     (longer,) = lab.detail.children
-    assert longer is not view and "draft_len 5" in longer.title
+    assert longer is not view and "draft length 5" in longer.title
     lab.runner.close()
 
 
