@@ -136,10 +136,16 @@ class Store:
         files = self._files()
         if not files:
             return pl.DataFrame(schema={KEY: pl.String})
+        signature = tuple((name, self._cache[name][0]) for name, _ in files)
+        memo = getattr(self, "_memo", None)
+        if memo is not None and memo[0] == signature:  # no file changed since: the same frame
+            return memo[1]
         df = concat([f for _, f in files], names=[n for n, _ in files], folder=self.path)
         if "created_at" in df.columns:  # a hash in two files (a copied batch): keep the newer row
             df = df.sort("created_at", nulls_last=False, maintain_order=True)
-        return df.unique(subset=KEY, keep="last", maintain_order=True)
+        df = df.unique(subset=KEY, keep="last", maintain_order=True)
+        self._memo = (signature, df)
+        return df
 
     def _frames(self) -> list[pl.DataFrame]:
         return [f for _, f in self._files()]
