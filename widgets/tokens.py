@@ -48,7 +48,9 @@ class ExitMapView(anywidget.AnyWidget):
         problem with the most generated tokens: long enough to see which tokens leave early."""
         layers = row["exit_layers"]
         if example is None:
-            example = max(range(len(layers)), key=lambda i: (len(layers[i]), -i)) if len(layers) else 0
+            # Longest first; among equally long ones (all addition answers are 7 tokens), the one whose
+            # tokens leave at the most different layers: the pattern a class should see.
+            example = max(range(len(layers)), key=lambda i: (len(layers[i]), len(set(layers[i])), -i)) if len(layers) else 0
         config = (f"{row['model']}, early exit when {row.get('knob_criterion')} passes {row.get('knob_threshold')}"
                   f" on {row.get('task')}, problem {example + 1} of {row.get('n_examples')}:")
         return cls(tokens=list(row["exit_tokens"][example]), exit_layers=list(layers[example]),
