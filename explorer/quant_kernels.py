@@ -242,6 +242,51 @@ class Int8DynamicLinear(torch.nn.Linear):
         return self.kernel.weight().dequantize()
 
 
+def int8_weight_only_runs() -> bool:
+    """Whether torch's CPU int8 weight-only matmul exists and runs here."""
+    try:
+        torch.ops.aten._weight_int8pack_mm(torch.zeros(1, 64, dtype=torch.bfloat16),
+                                           torch.zeros(8, 64, dtype=torch.int8), torch.ones(8, dtype=torch.bfloat16))
+        return True
+    except (RuntimeError, AttributeError):
+        return False
+
+
+class Int8WeightOnlyLinear(torch.nn.Linear):
+    """A Linear whose forward is torch's CPU int8 weight-only matmul (W8A16, bfloat16 activations).
+
+    Holds the int8 codes and one scale per output row, as the simulated per-channel
+    int8 grid does; `weight` keeps the simulation's float32 values. Unlike the
+    dynamic int8 kernel it leaves activations unquantized: a real LLM's activation
+    outlier channels (SmolLM2's) cost W8A8 0.6 bits/char, where weights alone cost
+    0.005. What differs from the simulation: activations and scales are rounded to
+    bfloat16 for the matmul (float32 activations take a path about 9x slower than
+    the bfloat16 one here), and the output returns to float32.
+    """
+
+    def __init__(self, linear: torch.nn.Linear, deq: torch.Tensor):
+        super().__init__(linear.in_features, linear.out_features, bias=False, device="meta")
+        self.weight = torch.nn.Parameter(deq.float(), requires_grad=False)
+        self.bias = linear.bias
+        scale = fp16_scale(deq.abs().amax(1) / 127).float()
+        codes = torch.round(deq.float() / scale.clamp_min(torch.finfo(torch.float32).tiny)[:, None])
+        if not torch.allclose(codes * scale[:, None], deq.float(), rtol=0,
+                              atol=1e-6 * float(deq.abs().max()) + 1e-12):
+            raise ValueError("int8 kernel codes do not reproduce the simulated weights")  # a bug, not a user error
+        self.codes8 = codes.clamp(-127, 127).to(torch.int8).contiguous()
+        self.scales = scale.to(torch.bfloat16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = torch.ops.aten._weight_int8pack_mm(x.reshape(-1, shape[-1]).to(torch.bfloat16), self.codes8, self.scales)
+        y = y.reshape(*shape[:-1], -1).to(x.dtype)
+        return y if self.bias is None else y + self.bias
+
+    def codes(self) -> torch.Tensor:
+        """The weight as the kernel holds it (scales in bfloat16), in float32."""
+        return self.codes8.float() * self.scales.float()[:, None]
+
+
 INT4_GROUPS = (32, 64, 128, 256)  # group sizes torch's CPU int4 matmul takes
 
 

@@ -47,7 +47,7 @@ def test_int8_and_bf16_kernels_hold_few_enough_levels(tiny_model):
 
 
 def test_real_int8_kernel_computes_with_the_simulated_weights(tiny_model):
-    model = Quantize(bits=8).apply(tiny_model)
+    model = Quantize(bits=8, kernel="int8-dynamic").apply(tiny_model)
     sim = quantized_weights(Quantize(bits=8, kernel="simulated").apply(tiny_model))
     linears = [n for n, m in model.hf.named_modules() if isinstance(m, K.Int8DynamicLinear)]
     assert len(linears) == 4 + 3 + 1  # attention, MLP and the LM head; the embedding is a lookup
@@ -184,7 +184,10 @@ def test_run_returns_a_row_that_says_which_kernel_ran(tiny_model):
         ("int4-weight-only" if K.int4_kernel_runs() else "simulated")
     assert sim["bits_per_weight"] == pytest.approx(4.5, abs=0.01)
     real = ex.run(tiny_model, "addition", Quantize(bits=8), n=20, repeats=1)
-    assert real["kernel"] == "int8-dynamic" and real["wall_s_is_kernel"] is True
+    assert real["kernel"] == ("int8-weight-only" if K.int8_weight_only_runs() else "int8-dynamic")
+    assert real["wall_s_is_kernel"] is True
+    w8a8 = ex.run(tiny_model, "addition", Quantize(bits=8, kernel="int8-dynamic"), n=20, repeats=1)
+    assert w8a8["kernel"] == "int8-dynamic" and w8a8["config_hash"] != real["config_hash"]
     assert real["bit_flops_per_token_analytic"] < sim["bit_flops_per_token_analytic"] * 2
     text = ex.run(tiny_model, "shakespeare", Quantize(bits=16, format="fp"), n=500, repeats=1)
     assert text["kernel"] == "bf16" and 0 <= text["kl_vs_full_nats"] < 1e-3 and "bits_per_char" in text

@@ -29,7 +29,7 @@ from explorer.cost import flops_per_token, matmul_params
 from explorer.tasks import heldout_text
 
 FORMATS = ("int", "fp")
-KERNELS = ("auto", "simulated")
+KERNELS = ("auto", "simulated", "int8-dynamic")
 INT_BITS = (2, 16)
 
 
@@ -52,9 +52,10 @@ class Quantize(Technique):
     e8m7 = bf16 at 16); 'e5m2' is the other 8-bit choice. `embeddings` and
     `lm_head`: whether the token embedding table and the output head are
     quantized too (False keeps them at full precision, as GPTQ does).
-    kernel: 'auto' runs a real kernel where one exists here, else simulates;
-    'simulated' always simulates (to see rounding alone, without a kernel's
-    activation quantization).
+    kernel: 'auto' runs a real kernel where one exists here (int8 and int4
+    weight-only, bf16), else simulates; 'simulated' always simulates;
+    'int8-dynamic' runs torch's W8A8 kernel, which rounds activations to 8 bits
+    as well (fast, but a real LLM's activation outliers do not survive it).
     """
 
     name: ClassVar[str] = "quantize"
@@ -81,6 +82,10 @@ class Quantize(Technique):
                 raise ValueError(f"Quantize.{flag}={getattr(self, flag)!r}; valid: True or False")
         if self.kernel not in KERNELS:
             raise ValueError(f"Quantize.kernel={self.kernel!r}; valid: {', '.join(map(repr, KERNELS))}")
+        if self.kernel == "int8-dynamic" and not (self.format == "int" and self.bits == 8 and self.symmetric
+                                                  and self.group_size is None):
+            raise ValueError("Quantize.kernel='int8-dynamic' runs symmetric per-channel 8-bit int only "
+                             "(bits=8, format='int', group_size=None); use kernel='auto' or 'simulated'")
         if self.format == "int":
             if self.fp_format is not None:
                 raise ValueError(f"Quantize.fp_format={self.fp_format!r} applies to format='fp' only; "
@@ -122,7 +127,11 @@ class Quantize(Technique):
         if self.format == "fp" and self.fp_format == "e8m7":
             return "bf16"
         if self.format == "int" and self.bits == 8 and self.symmetric and self.group_size is None:
-            return "int8-dynamic"
+            # Weight-only by default: it computes what the simulation computes. W8A8 ('int8-dynamic')
+            # also rounds activations, which a real LLM's outlier channels do not survive.
+            if self.kernel == "int8-dynamic" or not K.int8_weight_only_runs():
+                return "int8-dynamic"
+            return "int8-weight-only"
         if self.format == "int" and self.bits == 4 and self.group_size in K.INT4_GROUPS and K.int4_kernel_runs():
             return "int4-weight-only"
         return "simulated"
@@ -132,7 +141,8 @@ class Quantize(Technique):
         fmt = f"int{self.bits}" + ("" if self.symmetric else "-asym") if self.format == "int" else \
             f"fp{self.bits}-{self.fp_format}"
         kept = "".join(s for s, on in (("-keepemb", not self.embeddings), ("-keephead", not self.lm_head),
-                                       ("-sim", self.kernel == "simulated")) if on)
+                                       ("-sim", self.kernel == "simulated"),
+                                       ("-w8a8", self.kernel == "int8-dynamic")) if on)
         return f"{fmt}-{'pc' if self.group_size is None else f'g{self.group_size}'}{kept}"
 
     # ----- the technique hooks ---------------------------------------------------------
@@ -158,6 +168,9 @@ class Quantize(Technique):
                 if kernel == "int8-dynamic" and isinstance(mod, torch.nn.Linear):
                     parent, _, child = name.rpartition(".")
                     setattr(hf.get_submodule(parent), child, K.Int8DynamicLinear(mod, deq))
+                elif kernel == "int8-weight-only" and type(mod) is torch.nn.Linear:
+                    parent, _, child = name.rpartition(".")
+                    setattr(hf.get_submodule(parent), child, K.Int8WeightOnlyLinear(mod, deq))
                 elif kernel == "int4-weight-only" and K.int4_fits(mod, self.group_size):
                     parent, _, child = name.rpartition(".")
                     setattr(hf.get_submodule(parent), child,
@@ -172,12 +185,17 @@ class Quantize(Technique):
                                                                 self.group_size))
             elif tied and kernel == "int8-dynamic":
                 hf.set_output_embeddings(K.Int8DynamicLinear(head, head.weight.detach()))
+            elif tied and kernel == "int8-weight-only":
+                hf.set_output_embeddings(K.Int8WeightOnlyLinear(head, head.weight.detach()))
             if kernel == "bf16":
-                K.cast_bf16_(hf, [m for n, m in named_weighted(hf) if n not in layouts])
+                # By weight, not name: a head tied to the embeddings is covered under the embeddings' name.
+                cast = {id(m.weight) for n, m in named_weighted(hf) if n in layouts}
+                K.cast_bf16_(hf, [m for n, m in named_weighted(hf) if id(m.weight) not in cast])
         hf.eval()
         weight_bytes = sum(lay.nbytes for lay in layouts.values()) + other_bytes(hf, layouts)
         quantized = sum(lay.numel for lay in layouts.values())
-        on_kernel = sum(isinstance(m, (K.Int8DynamicLinear, K.Int4WeightOnlyLinear)) for m in hf.modules())
+        on_kernel = sum(isinstance(m, (K.Int8DynamicLinear, K.Int8WeightOnlyLinear, K.Int4WeightOnlyLinear))
+                        for m in hf.modules())
         info = {"label": self.label, "knobs": self.knobs(), "kernel": kernel, "layouts": layouts,
                 "kernel_linears": on_kernel,  # Linears the kernel runs; other quantized weights are simulated
                 "weight_bits": weight_bits, "quantized_params": quantized,
@@ -257,7 +275,7 @@ def levels_per_group(weight, layout: K.Layout) -> int:
 
 # ----- quality and analytic cost -------------------------------------------------------
 
-ACTIVATION_BITS = {"int8-dynamic": 8, "bf16": 16, "int4-weight-only": 16, "simulated": 16}  # simulated: a W{bits}A16 kernel
+ACTIVATION_BITS = {"int8-dynamic": 8, "int8-weight-only": 16, "bf16": 16, "int4-weight-only": 16, "simulated": 16}  # simulated: a W{bits}A16 kernel
 REFERENCE_CACHE: dict[tuple, list] = {}
 
 
