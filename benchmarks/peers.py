@@ -6,7 +6,7 @@ prompt, ms per generated token (wall clock, prompt included: the prompt is short
 next to the tokens decoded), medians over repeats:
 
 - explorer fp32: the shared decoding loop (explorer.generate) on the model as loaded;
-- explorer int8 kernel: Quantize(bits=8) (torch's dynamic int8 Linear, tied head included);
+- explorer int8 kernel: Quantize(bits=8) (torch's int8 weight-only matmul, W8A16, tied head included);
 - explorer int4 kernel: Quantize(bits=4, group_size=32) (torch's CPU int4 matmul, bfloat16 activations);
 - each of those three again through the fused decode path (explorer.layerwise.FusedDecoder:
   decode steps as plain tensor operations on a preallocated K/V cache, same outputs);

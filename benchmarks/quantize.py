@@ -96,7 +96,8 @@ def model_rows(name: str, tasks: list[str], n: int, repeats: int) -> tuple[list[
 
 def latency_of(model, task: str, repeats: int) -> dict[str, dict[str, float]]:
     kernels = {"fp32": model, "bf16": Quantize(bits=16, format="fp").apply(model),
-               "int8-dynamic": Quantize(bits=8).apply(model),
+               "int8 weight-only": Quantize(bits=8).apply(model),
+               "int8-dynamic": Quantize(bits=8, kernel="int8-dynamic").apply(model),
                "simulated int4": Quantize(bits=4).apply(model)}  # fp32 compute: its ratio shows the noise
     return latency(model, ex.tasks.get(task), kernels, repeats)
 
