@@ -119,7 +119,7 @@ def test_every_slider_redraws_the_lab_and_a_click_selects_a_point(tmp_path):
         lab.step("bits 6", bits_left, points=6, status="2 new runs")
         assert lab.readout("bits") == "6"
 
-        lab.step("early exit", lambda: lab.technique("early_exit"), points=8, status="2 new runs")
+        lab.step("early exit", lambda: lab.technique("early exit"), points=8, status="2 new runs")
         lab.step("threshold", lambda: lab.drag("threshold", 0.5), points=10, status="2 new runs")
         assert lab.readout("threshold") != "0.90"
 

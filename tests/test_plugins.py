@@ -102,7 +102,7 @@ def test_a_technique_and_a_task_defined_here_are_in_the_lab(registered, task, tm
 
     lab = Lab(tmp_path / "s", state=state)
     lab.runner.wait(120)
-    assert NAME in lab.controls["technique"].options and task in lab.controls["task"].options
+    assert NAME in dict(lab.controls["technique"].options).values() and task in lab.controls["task"].options
     assert lab.controls["max_tokens"].description == "max tokens" and lab.controls["max_tokens"].max == 64
     assert lab.controls["max_tokens"] in lab.knobs.children  # its panel
     rows = lab.frontier.widget.spec["datasets"]["rows"]

@@ -13,6 +13,7 @@ import warnings
 import ipywidgets as w
 
 import explorer as ex
+from explorer import palette
 from explorer.frontier import best_under_budget, read_at, with_derived
 from explorer.metrics import COST_AXES, axis_title, fmt, metric
 from explorer.registry import loaded
@@ -112,8 +113,11 @@ def controls(state: LabState, models: list[str] | None = None) -> dict[str, w.Wi
     """One control per lab knob, every one built from the technique registry's declarations."""
     models = model_names(state.models) if models is None else models
     c: dict[str, w.Widget] = {
-        "technique": w.ToggleButtons(options=technique_names(), description="technique", style=STYLE),
-        "stack": w.SelectMultiple(options=[n for n in technique_names() if declaration(n).roles],
+        # Names a person reads ("early exit"), each meaning one registered technique.
+        "technique": w.ToggleButtons(options=[(palette.technique_label(n), n) for n in technique_names()],
+                                     description="technique", style=STYLE),
+        "stack": w.SelectMultiple(options=[(palette.technique_label(n), n) for n in technique_names()
+                                           if declaration(n).roles],
                                   description="stack with", rows=3, style=STYLE),
         "task": w.Dropdown(options=task_names(), description="task", style=STYLE),
         "models": w.SelectMultiple(options=models, description="models", rows=4, style=STYLE),
