@@ -255,3 +255,19 @@ def test_the_model_list_has_the_zoo_the_kernels_models_and_the_folders_given(tmp
     assert lab2.state.models == [folder]
     lab.runner.close()
     lab2.runner.close()
+
+
+def test_rows_timed_otherwise_are_reused_and_said_so(tmp_path):
+    import explorer as ex
+    from explorer.store import Store
+
+    store = Store(tmp_path / "s")
+    # A notebook's sweep stored these with three timed repeats; the lab times one.
+    ex.sweep(models=["zoo-xs"], tasks="addition", techniques=[ex.Baseline(), ex.Quantize(bits=8)], n=8,
+             store=store, repeats=3, progress=False)
+    state = LabState(models=["zoo-xs"], technique="quantize", bits=8, n=8)
+    runner = Runner(state, store, autostart=False)
+    assert runner.schedule() is None  # same answers: nothing runs again
+    assert "2 stored runs reused as timed with batch_size=64, repeats=3" in state.status
+    assert "this lab times batch_size=64, repeats=1" in state.status
+    runner.close()

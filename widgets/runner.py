@@ -32,7 +32,7 @@ from explorer.executors import Failed, Job, run_job
 from explorer.models import load
 from explorer.runs import run
 from explorer.store import Store
-from explorer.sweep import plan
+from explorer.sweep import measured_otherwise, plan
 from explorer.techniques import Baseline
 from widgets.state import LabState
 
@@ -126,7 +126,7 @@ class Runner:
             return None
         if not todo:
             shown = sum(j.config_hash not in self.refused for j in self.jobs())
-            self.state.status = f"{shown} runs, all in the store" + self.skipped()
+            self.state.status = f"{shown} runs, all in the store" + self.skipped() + self.reused()
             self.on_rows()
             return None
         self.state.busy = True
@@ -219,7 +219,8 @@ class Runner:
                 self._notify()
             self.state.progress = 1.0
             self._progress.update(done=len(todo), running="")
-            self.state.status = f"{done} new run{'' if done == 1 else 's'} stored in {self.store.path}" + self.skipped()
+            self.state.status = (f"{done} new run{'' if done == 1 else 's'} stored in {self.store.path}"
+                                 + self.skipped() + self.reused())
         except Exception as err:  # a failed run must reach the status line, not vanish in a thread
             self.state.status = f"run failed: {type(err).__name__}: {err}"
         finally:
@@ -251,6 +252,17 @@ class Runner:
         """The refusals that apply to the current selection, for the status line."""
         mine = [self.refused[j.config_hash] for j in self.jobs() if j.config_hash in self.refused]
         return f"; skipped {'; '.join(mine)}" if mine else ""
+
+    def reused(self) -> str:
+        """Stored rows this selection reuses that were timed otherwise (another batch size or number of
+        repeats, say by a notebook's sweep): their answers are the same, their times are not this lab's."""
+        jobs = self.jobs()
+        other = measured_otherwise(self.store, jobs, REPEATS, jobs[0].batch_size) if jobs else {}
+        if not other:
+            return ""
+        how = sorted(set(other.values()))
+        return (f"; {len(other)} stored run{'' if len(other) == 1 else 's'} reused as timed with "
+                f"{'; '.join(how)} (this lab times batch_size={jobs[0].batch_size}, repeats={REPEATS})")
 
     def wait(self, timeout: float | None = None) -> None:
         """Block until pending work is done (for tests and scripts, never for the UI)."""
