@@ -6,6 +6,7 @@ prompt, ms per generated token (wall clock, prompt included: the prompt is short
 next to the tokens decoded), medians over repeats:
 
 - explorer fp32: the shared decoding loop (explorer.generate) on the model as loaded;
+- explorer bf16: Quantize(bits=16, format='fp'), the bf16 kernel (slower than fp32 on this CPU);
 - explorer int8 kernel: Quantize(bits=8) (torch's int8 weight-only matmul, W8A16, tied head included);
 - explorer int4 kernel: Quantize(bits=4, group_size=32) (torch's CPU int4 matmul, bfloat16 activations);
 - each of those three again through the fused decode path (explorer.layerwise.FusedDecoder:
@@ -68,6 +69,7 @@ def paths(model, tokens: int) -> dict:
     tok = model.tokenizer
     int8 = ex.Quantize(bits=8).apply(model)
     int4 = ex.Quantize(bits=4, group_size=32).apply(model)
+    ours_bf16 = ex.Quantize(bits=16, format="fp").apply(model)  # the bf16 kernel rows run
     bf16 = copy.deepcopy(model.hf).to(torch.bfloat16)
 
     def ours(m):
@@ -85,7 +87,8 @@ def paths(model, tokens: int) -> dict:
             return (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
         return run
 
-    return {"explorer fp32": ours(model), f"explorer int8 kernel ({int8.tags['quantize']['kernel']})": ours(int8),
+    return {"explorer fp32": ours(model), "explorer bf16": ours(ours_bf16),
+            f"explorer int8 kernel ({int8.tags['quantize']['kernel']})": ours(int8),
             f"explorer int4 kernel ({int4.tags['quantize']['kernel']})": ours(int4),
             "explorer fp32, fused decode": fused(model), "explorer int8 kernel, fused decode": fused(int8),
             "explorer int4 kernel, fused decode": fused(int4),
