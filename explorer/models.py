@@ -259,7 +259,7 @@ def revision_of(where: str, hf) -> str:
 
     if where.lower().endswith(".gguf"):
 
-        return gguf_models.revision(Path(where))
+        return gguf.revision(Path(where))
     file = Path(where) / "model.safetensors"
     if file.exists():
         return hashlib.sha256(file.read_bytes()).hexdigest()[:16]

@@ -104,6 +104,18 @@ def test_a_gguf_file_or_a_folder_holding_one_resolves_to_it(tmp_path):
         resolve("missing.gguf")
 
 
+def test_a_gguf_file_is_fingerprinted_without_loading_it(tmp_path):
+    from explorer import gguf_models
+    from explorer.fingerprint import identity
+
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF" + bytes(range(256)))
+    name, revision = identity(str(f))  # a sweep keys a GGUF model's rows before loading it
+    assert name == str(f) and revision == gguf_models.sha256_prefix(f)
+    f.write_bytes(b"GGUF" + bytes(255))
+    assert identity(str(f))[1] != revision  # changed weights, another key
+
+
 def test_without_the_wheel_the_error_gives_the_install_command(monkeypatch):
     import importlib.metadata as md
 
