@@ -28,7 +28,6 @@ def evaluate(technique, model, task: T.Task, examples: list[T.Example], *,
     gens, wall, _ = timed(decode_all, repeats)
     texts = [t for g in gens for t in g.texts]
     correct = [task.verify(e, t) for e, t in zip(examples, texts)]
-    k = sum(correct)
     prompt_len = sum(len(model.tokenizer(e.prompt)["input_ids"]) for e in examples) / n
     tokens = sum(g.tokens_generated for g in gens)
     row = accuracy_columns(examples, correct)

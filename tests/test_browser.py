@@ -1,5 +1,4 @@
 """The lab in a real JupyterLab, in a real browser: render, move a slider, see the chart change."""
-import json
 import os
 import re
 import sys

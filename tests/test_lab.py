@@ -37,7 +37,7 @@ def test_a_state_change_changes_the_chart_data_in_place(lab):
 
 
 def test_filters_never_run_a_model(lab):
-    before, updates = lab.runner.runs_started, lab.frontier.updates
+    before = lab.runner.runs_started
     lab.state.cost_axis = "flops_per_token_analytic"
     lab.state.budget = 300_000
     lab.state.samples = 16

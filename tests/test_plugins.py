@@ -1,7 +1,6 @@
 """A technique and a task written outside explorer/, in this file, run everywhere built-in ones
 do: `ex.run`, `ex.sweep` (and sweep files), the lab's state and controls and its runner."""
 import dataclasses
-from typing import ClassVar
 
 import pytest
 

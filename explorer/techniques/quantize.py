@@ -303,8 +303,6 @@ def fidelity(model, reference, text: str | None = None) -> dict[str, float]:
     On the held-out Shakespeare text by default. KL is in nats, averaged over
     token positions; these move before task accuracy does.
     """
-    import torch
-
 
     text = heldout_text() if text is None else text
     xs = windows(reference, text)

@@ -14,7 +14,6 @@ row per sample.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Mapping
 

@@ -18,7 +18,6 @@ import statistics
 import weakref
 from typing import Any, ClassVar
 
-import torch
 
 from explorer.speculative import (DRAFTS, MAX_DRAFT_LEN, PRIOR_ALPHA, Draft, LengthPlan, SpecStats, Speculation, check_knobs,
                                   check_pair, measure_costs, plan_lengths, predicted_speedup, speculative_generate)
