@@ -7,15 +7,22 @@ loaded, then makes the move and times, from the state change:
 - first estimate: until EVERY selected model has a point for the new configuration on the
   chart's data (a first estimate on a few problems, or the full row);
 - final: until every full row is stored.
-Today's path is the same runner with first estimates off (`preview_n=None`).
+Three paths, interleaved trial by trial so a load spike hits them alike:
+- today: the runner with first estimates off (`preview_n=None`): full runs only;
+- fixed 5: first estimates on 5 problems each, whatever they cost (`preview_budget_s=None`);
+- budgeted: the lab's default: each first estimate starts with one problem and its measured cost
+  decides how many more (up to 5) fit in the model's share of `PREVIEW_BUDGET_S`.
+The last column gives the problems each model's first estimate saw (over all trials).
 
 Scenarios (issue 16's list):
 - a bit-width change over four models (quantize 8 -> 4 bits, zoo-xs..zoo-l, n=64);
 - samples = 64 over three models (sampling 16 -> 64 samples, zoo-xs..zoo-m, n=64);
 - a draft change (speculative zoo-l, draft zoo-xs -> zoo-s, n=64).
 
-Run: python benchmarks/lab.py [--trials 3] [--only bits,samples,draft]
-The machine may be shared: the load average is printed with the results.
+Run (issue 16's must-show table, about 5 minutes on an idle 2-core machine):
+    OMP_NUM_THREADS=1 python benchmarks/lab.py
+Options: --trials 5 (per path and scenario; p95 of 5 is the slowest), --only bits,samples,draft,
+--quick (3 trials). The machine may be shared: the load average is printed with the results.
 """
 from __future__ import annotations
 
@@ -61,8 +68,12 @@ def seed_store(selection: dict, n: int, models: dict) -> Path:
     return folder
 
 
-def trial(seed: Path, selection: dict, move: dict, n: int, models: dict, preview_n: int | None):
-    """One move on a fresh copy of the seed store: (seconds to every model's first point, to final)."""
+PATHS = {"today": dict(preview_n=None), "fixed 5": dict(preview_budget_s=None), "budgeted": {}}
+
+
+def trial(seed: Path, selection: dict, move: dict, n: int, models: dict, path: dict):
+    """One move on a fresh copy of the seed store: (seconds to every model's first point, to final,
+    the problems each first estimate saw)."""
     from widgets.runner import Runner
     from widgets.state import LabState
     from explorer.store import Store
@@ -70,7 +81,7 @@ def trial(seed: Path, selection: dict, move: dict, n: int, models: dict, preview
     folder = Path(tempfile.mkdtemp(prefix="lab-bench-"))
     shutil.copytree(seed, folder, dirs_exist_ok=True)
     state = LabState(**selection, n=n)
-    runner = Runner(state, Store(folder), autostart=False, preview_n=preview_n, debounce_s=0.3)
+    runner = Runner(state, Store(folder), autostart=False, debounce_s=0.3, **path)
     runner.models = models
     runner.schedule()  # everything cached: no run
     runner.wait(60)
@@ -84,9 +95,12 @@ def trial(seed: Path, selection: dict, move: dict, n: int, models: dict, preview
             wanted = {j.config_hash for j in runner.jobs()}
         except ValueError:
             return
-        have = set(runner.frame()["config_hash"].to_list())
+        frame = runner.frame()
+        have = set(frame["config_hash"].to_list())
         if wanted <= have:
             marks["first"] = time.perf_counter()
+            marks["sizes"] = (frame.filter(frame["partial"].fill_null(False))["n_examples"].to_list()
+                              if "partial" in frame.columns else [])
             first.set()
 
     runner.on_rows = on_rows
@@ -98,19 +112,21 @@ def trial(seed: Path, selection: dict, move: dict, n: int, models: dict, preview
     final = time.perf_counter() - t0
     runner.close()
     shutil.rmtree(folder, ignore_errors=True)
-    return marks["first"] - t0, final
+    return marks["first"] - t0, final, marks["sizes"]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--trials", type=int, default=3)
+    ap.add_argument("--trials", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="3 trials")
     ap.add_argument("--n", type=int, default=64)
     ap.add_argument("--only", default="bits,samples,draft")
     args = ap.parse_args()
+    trials = 3 if args.quick else args.trials
     torch.set_num_threads(1)
 
     import explorer as ex
-    from widgets.runner import PREVIEW_N
+    from widgets.runner import PREVIEW_BUDGET_S, PREVIEW_N
 
     load_before = os.getloadavg()
     models = {m: ex.load(m) for m in ex.zoo.names()}
@@ -118,21 +134,25 @@ def main() -> None:
     for key in args.only.split(","):
         selection, move, what = SCENARIOS[key]
         seed = seed_store(selection, args.n, models)
-        times = {"today": [], "progressive": []}
-        for _ in range(args.trials):  # interleaved, so a load spike hits both paths alike
-            for path, preview in (("today", None), ("progressive", PREVIEW_N)):
-                times[path].append(trial(seed, selection, move, args.n, models, preview))
+        times = {path: [] for path in PATHS}
+        for _ in range(trials):  # interleaved, so a load spike hits every path alike
+            for path, kwargs in PATHS.items():
+                times[path].append(trial(seed, selection, move, args.n, models, kwargs))
         shutil.rmtree(seed, ignore_errors=True)
         results.append((what, times))
 
-    print(f"lab moves that need runs, n={args.n}, {args.trials} trials each, first estimates on "
-          f"{PREVIEW_N} problems; times from the state change, debounce (300 ms) included")
-    print(f"{'move':<38} {'path':<12} {'first p50':>9} {'first p95':>9} {'final p50':>9} {'final p95':>9}  (s)")
+    print(f"lab moves that need runs, n={args.n}, {trials} trials per path; first estimates on at most "
+          f"{PREVIEW_N} problems (budgeted: {PREVIEW_BUDGET_S} s shared by the models); seconds from the "
+          "state change, debounce (300 ms) included; first = every selected model has a point")
+    print(f"{'move':<34} {'path':<9} {'first p50':>9} {'first p95':>9} {'final p50':>9} {'final p95':>9}"
+          "  problems per first estimate")
     for what, times in results:
         for path, xs in times.items():
             firsts, finals = [x[0] for x in xs], [x[1] for x in xs]
-            print(f"{what:<38} {path:<12} {statistics.median(firsts):>9.2f} {pct(firsts, 95):>9.2f} "
-                  f"{statistics.median(finals):>9.2f} {pct(finals, 95):>9.2f}")
+            sizes = sorted(s for x in xs for s in x[2])
+            seen = f"{sizes[0]}-{sizes[-1]} (median {statistics.median(sizes):g})" if sizes else "-"
+            print(f"{what:<34} {path:<9} {statistics.median(firsts):>9.2f} {pct(firsts, 95):>9.2f} "
+                  f"{statistics.median(finals):>9.2f} {pct(finals, 95):>9.2f}  {seen}")
     load_after = os.getloadavg()
     print(f"load average (1/5/15 min) before {load_before[0]:.2f}/{load_before[1]:.2f}/{load_before[2]:.2f}, "
           f"after {load_after[0]:.2f}/{load_after[1]:.2f}/{load_after[2]:.2f}; {os.cpu_count()} cores; "

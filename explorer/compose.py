@@ -191,3 +191,9 @@ class Composed(Technique):
             return evaluator.evaluate(model, task, examples, seed=seed, repeats=repeats, batch_size=batch_size,
                                       decoder=decoder)
         return evaluator.evaluate(model, task, examples, seed=seed, repeats=repeats, batch_size=batch_size)
+
+    def estimate(self, model, task, examples, *, seed: int, repeats: int, batch_size: int) -> dict[str, Any]:
+        evaluator = next((p for p in self.parts if roles(p) & EVALUATORS), None)
+        if evaluator is None or AGGREGATES in roles(evaluator):  # nothing measured beside the task
+            return self.evaluate(model, task, examples, seed=seed, repeats=repeats, batch_size=batch_size)
+        return evaluator.estimate(model, task, examples, seed=seed, repeats=repeats, batch_size=batch_size)

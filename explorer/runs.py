@@ -99,7 +99,8 @@ def run(model: Model | str, task: T.Task | str, technique: Technique | None = No
     task, at most its length). seed: a non-negative integer. repeats: timed repetitions (the
     median is kept). batch_size: prompts per forward; it changes timings only, never answers.
     extras=False leaves out what a technique measures beside the task (its `variant_columns`, e.g.
-    quantization's KL on held-out text, seconds on their own): the lab's first estimates use it.
+    quantization's KL on held-out text, seconds on their own, and what its `estimate` leaves out of
+    `evaluate`, e.g. a speculative run's target-alone timing): the lab's first estimates use it.
     """
     import torch
 
@@ -143,8 +144,8 @@ def run(model: Model | str, task: T.Task | str, technique: Technique | None = No
             row |= likelihood(variant, task.text(), n, repeats)
         else:
             examples = task.examples(n, seed)
-            row |= technique.evaluate(variant, task, examples, seed=seed, repeats=repeats,
-                                      batch_size=batch_size)
+            measure = technique.evaluate if extras else technique.estimate
+            row |= measure(variant, task, examples, seed=seed, repeats=repeats, batch_size=batch_size)
         if extras:
             row |= technique.variant_columns(variant)
         row |= bytes_moved_columns(variant, row, examples=examples if task.kind != "likelihood" else None,

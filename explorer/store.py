@@ -190,6 +190,9 @@ def check_row(row: Mapping[str, Any]) -> str:
     key = row.get(KEY)
     if not isinstance(key, str) or not key or any(c in key for c in "/\\.") or key.startswith("."):
         raise ValueError(f"row {KEY}={key!r}; every stored row needs a {KEY} string (explorer.run adds one)")
+    if row.get("partial"):  # the lab's first estimate on a few problems: a resume must never take it as done
+        raise ValueError(f"row {key} is a first estimate (partial=True, {row.get('n_examples')} of "
+                         f"{row.get('n_full')} problems); store the full run instead")
     return key
 
 

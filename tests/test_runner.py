@@ -7,8 +7,9 @@ import threading
 import polars as pl
 import pytest
 
+import explorer as ex
 from explorer.store import Store
-from widgets.runner import Runner
+from widgets.runner import Runner, preview_row
 from widgets.state import LabState
 
 
@@ -23,7 +24,9 @@ def gate():
 @pytest.fixture
 def runner(tmp_path):
     state = LabState(models=["zoo-xs", "zoo-s"], task="addition", technique="quantize", bits=4, n=24)
-    r = Runner(state, Store(tmp_path / "store"), autostart=False, debounce_s=0.05, preview_n=4)
+    # No time budget: every first estimate on exactly preview_n problems (the budget is pinned below).
+    r = Runner(state, Store(tmp_path / "store"), autostart=False, debounce_s=0.05, preview_n=4,
+               preview_budget_s=None)
     yield r
     r.close()
 
@@ -77,3 +80,57 @@ def test_no_first_estimate_when_n_is_already_small(tmp_path):
     r.wait(120)
     assert r.last_preview is None and r.store.frame().height == 2
     r.close()
+
+
+def sizes_with_budget(tmp_path, budget, **selection):
+    state = LabState(**{"models": ["zoo-xs", "zoo-s"], "task": "addition", "n": 24, **selection})
+    r = Runner(state, Store(tmp_path / f"b{budget}"), autostart=False, preview_n=5, preview_budget_s=budget)
+    gate = threading.Event()
+    r._pool.submit(gate.wait)  # only first estimates: the full runs would replace them
+    try:
+        r.schedule()
+        r.last_preview.result(300)
+        frame = r.frame()
+    finally:
+        gate.set()
+        r.close()
+    return sorted(frame.filter(pl.col("partial"))["n_examples"].to_list())
+
+
+def test_the_time_budget_sizes_each_first_estimate(tmp_path):
+    # A budget nothing fits in: each model's first problem alone (its probe) is its first estimate.
+    assert sizes_with_budget(tmp_path, 1e-6, technique="quantize", bits=4) == [1, 1, 1, 1]
+    # A budget everything fits in: preview_n problems each, one per difficulty level.
+    assert sizes_with_budget(tmp_path, 1e6, technique="quantize", bits=4) == [5, 5, 5, 5]
+
+
+def test_a_first_estimate_is_never_stored_as_a_full_run(runner, gate):
+    runner._pool.submit(gate.wait)
+    runner.schedule()
+    runner.last_preview.result(120)
+    estimate = next(iter(runner.partial.values()))
+    with pytest.raises(ValueError, match="first estimate"):
+        runner.store.add(estimate)
+    assert runner.store.frame().height == 0
+
+
+def test_a_first_estimate_interval_is_at_least_wilson_on_its_problems():
+    # Sampling's bootstrap over one problem collapses to a point; the first estimate must not claim that.
+    row = ex.run("zoo-xs", "addition", ex.Sampling(n=4), n=1, repeats=1, extras=False)
+    assert row["accuracy_lo"] == row["accuracy_hi"]
+    job = type("J", (), {"n": 64, "config_hash": "full-run-key"})()
+    shown = preview_row(row, job)
+    assert shown["partial"] and shown["n_full"] == 64 and shown["config_hash"] == "full-run-key"
+    assert shown["accuracy_hi"] - shown["accuracy_lo"] > 0.7  # Wilson on 1 problem: about 0.79 wide
+    assert "wilson95" in shown["interval"]
+
+
+def test_a_speculative_first_estimate_leaves_out_the_fixed_cost_extras():
+    draft = ex.Speculative(draft="zoo-xs")
+    rough = ex.run("zoo-s", "addition", draft, n=3, repeats=1, extras=False)
+    full = ex.run("zoo-s", "addition", draft, n=3, repeats=1)
+    assert "wall_s_target_alone" in full and "cost_ratio_measured" in full
+    assert "wall_s_target_alone" not in rough and "cost_ratio_measured" not in rough
+    # Same problems, same answers: greedy speculative decoding emits the target's own tokens.
+    assert rough["accuracy"] == full["accuracy"] and rough["tokens_generated"] == full["tokens_generated"]
+    assert rough["spec_mode"] == full["spec_mode"]  # decoded the same way (the length plan measured first)

@@ -7,13 +7,22 @@ across ten values starts one run, not ten.
 
 Progressive: a full run of every selected model can take seconds to tens of
 seconds on a shared CPU, so each missing configuration first gets a *first
-estimate* on a few problems (`preview_n`, the first problems of the same
-seeded set), one model after another on a thread of its own, so every model
-has a point on the chart within about a second. Its Wilson interval is wide
-and says so. The full runs go on meanwhile on the main worker and replace each
-estimate as they land. First estimates live in memory only (`partial`), each
-marked `partial=True`: they are never written to the store, so a resume never
-takes one for a finished run.
+estimate* on a few problems (at most `preview_n`, the first problems of the
+same seeded set), one model after another on a thread of its own, so every
+model has a point on the chart within about a second. How many problems fit
+is measured, not guessed: the selected models share a time budget
+(`preview_budget_s`), each first estimate starts with one problem, and its
+measured cost decides how many more fit in the model's share (64 samples per
+problem on zoo-m cost 30 times what a 4-bit zoo-xs does). Its interval is wide
+and says so (at least Wilson's on the problems it saw, whatever interval the
+technique computes). The full runs start once every model has its estimate,
+and replace each estimate as they land. First estimates live in memory only
+(`partial`), each marked `partial=True` with `n_full`, the n it stands in for:
+they are never written to the store (the store refuses such a row), so a resume
+never takes one for a finished run. They run through the technique's
+`estimate`, which leaves out what a technique measures beside the task at a
+fixed cost (quantization's KL on held-out text; a speculative run's
+target-alone timing and cost ratios, about a second whatever the problems).
 
 A newer selection supersedes an older one: both workers check before each run
 and drop stale work. A full run already started finishes and is stored
@@ -22,7 +31,9 @@ watched: they never run a model.
 """
 from __future__ import annotations
 
+import math
 import threading
+import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
 
@@ -32,25 +43,31 @@ from explorer.executors import Failed, Job, run_job
 from explorer.models import load
 from explorer.runs import run
 from explorer.store import Store
+from explorer.stats import wilson
 from explorer.sweep import measured_otherwise, plan
 from explorer.techniques import Baseline
 from widgets.state import LabState
 
 REPEATS = 1  # one timed pass per live run: the lab favours a fast answer; sweeps can repeat
-# Problems in a first estimate: one per difficulty level (tasks cycle difficulties 1..5), so the
-# rough point is not biased to easy problems, and its Wilson interval shows how rough it is.
+# Problems in a first estimate, at most: one per difficulty level (tasks cycle difficulties 1..5), so
+# the rough point is not biased to easy problems, and its Wilson interval shows how rough it is.
 PREVIEW_N = 5
+# Seconds of compute that every selected model's first estimate shares: with the debounce and the
+# redraw, every model has a point within 1.5 s of a move on two cores (benchmarks/lab.py).
+PREVIEW_BUDGET_S = 0.8
+PROBE_MARGIN = 1.5  # see _first_estimate
 ESTIMATES_WAIT_S = 20.0  # the full runs wait at most this long for the first estimates
 
 
 class Runner:
     def __init__(self, state: LabState, store: Store, *, debounce_s: float = 0.3,
                  on_rows: Callable[[], None] | None = None, autostart: bool = True,
-                 preview_n: int | None = PREVIEW_N):
+                 preview_n: int | None = PREVIEW_N, preview_budget_s: float | None = PREVIEW_BUDGET_S):
         self.state, self.store = state, store
         self.debounce_s = debounce_s
         self.on_rows = on_rows or (lambda: None)
         self.preview_n = preview_n  # None or 0: no first estimates, full runs only
+        self.preview_budget_s = preview_budget_s  # None: every first estimate on preview_n problems
         self.models: dict = {}  # loaded models, shared by every run of this lab
         self.runs_started = 0
         # Configurations the engine refused for a model (a draft as big as its target): said
@@ -68,7 +85,7 @@ class Runner:
         self._preview_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-first-estimate")
         self.last: Future | None = None
         self.last_preview: Future | None = None
-        self._progress = {"estimates": 0, "estimating": 0, "done": 0, "total": 0, "running": ""}
+        self._progress = {"estimates": 0, "estimating": 0, "sizes": [], "done": 0, "total": 0, "running": ""}
         watched = [n for n in state.trait_names()
                    if n not in state.filters() and n not in ("status", "busy", "progress", "selected")]
         state.observe(self._changed, names=watched)
@@ -131,7 +148,8 @@ class Runner:
             return None
         self.state.busy = True
         rough = [j for j in todo if self.preview_n and j.n > self.preview_n and j.config_hash not in self.partial]
-        self._progress = {"estimates": 0, "estimating": len(rough), "done": 0, "total": len(todo), "running": ""}
+        self._progress = {"estimates": 0, "estimating": len(rough), "sizes": [], "done": 0, "total": len(todo),
+                          "running": ""}
         estimated = threading.Event()
         if rough:
             self.last_preview = self._preview_pool.submit(self._estimate, generation, rough, estimated)
@@ -143,30 +161,29 @@ class Runner:
     # -- first estimates ----------------------------------------------------------------
 
     def _estimate(self, generation: int, todo: list[Job], estimated: threading.Event) -> int:
-        """A first estimate of each job on its first `preview_n` problems, one model after another."""
+        """A first estimate of each job on its first few problems, one model after another, within
+        the shared time budget."""
         made = 0
+        budget = self.preview_budget_s
+        deadline = time.perf_counter() + budget if budget else None
         try:
-            for job in todo:
+            for i, job in enumerate(todo):
                 if generation != self._generation:
                     return made
                 if job.config_hash in self.partial or job.config_hash in self.store.hashes():
                     continue
                 try:
                     self._load(job.model)
-                    # Task accuracy and costs only: no fidelity extras (a quantized model's KL on
-                    # held-out text costs seconds whatever the number of problems).
-                    row = run(self.models[job.model], job.task, job.technique, n=self.preview_n, seed=job.seed,
-                              repeats=1, batch_size=job.batch_size, extras=False)
+                    row = self._first_estimate(job, deadline, len(todo) - i)
                 except ValueError:
                     continue  # a refused configuration: the full worker reports it
                 with self._partial_lock:  # the full run may have landed meanwhile: then it wins
                     if generation != self._generation or job.config_hash in self.store.hashes():
                         continue
-                    self.partial[job.config_hash] = dict(
-                        row, partial=True, n_full=job.n, preview_config_hash=row["config_hash"],
-                        config_hash=job.config_hash)
+                    self.partial[job.config_hash] = preview_row(row, job)
                 made += 1
                 self._progress["estimates"] = made
+                self._progress["sizes"].append(row["n_examples"])
                 self._say(generation)
                 self._notify()
         except Exception as err:  # noqa: BLE001 - an estimate is optional; the full run will say what broke
@@ -175,6 +192,28 @@ class Runner:
         finally:
             estimated.set()
         return made
+
+    def _first_estimate(self, job: Job, deadline: float | None, left: int) -> dict[str, Any]:
+        """The job on its first problems: `preview_n` of them without a budget; with one, the first
+        problem alone, and then as many as its measured cost says fit in this model's share of what
+        is left (each of the `left` models still to estimate gets an equal share)."""
+        most = min(self.preview_n, job.n)
+        if deadline is None:
+            return self._preview(job, most)
+        share = max(deadline - time.perf_counter(), 0.0) / left
+        t = time.perf_counter()
+        probe = self._preview(job, 1)
+        spent = time.perf_counter() - t
+        # The probe's time includes the run's fixed costs (a quantized copy of the weights, say), and
+        # later problems are harder (longer answers): PROBE_MARGIN keeps the estimate inside its share.
+        fit = min(most, int((share - spent) / (PROBE_MARGIN * spent)))
+        return self._preview(job, fit) if fit > 1 else probe
+
+    def _preview(self, job: Job, problems: int) -> dict[str, Any]:
+        # Task accuracy and costs only (`extras=False`): no fidelity or cost-model extras, which cost
+        # the same whatever the number of problems.
+        return run(self.models[job.model], job.task, job.technique, n=problems, seed=job.seed,
+                   repeats=1, batch_size=job.batch_size, extras=False)
 
     def _load(self, model: str) -> None:
         with self._load_lock:  # once, whichever worker asks first
@@ -241,7 +280,9 @@ class Runner:
         p, s = self._progress, self.state
         parts = []
         if p["estimating"]:
-            parts.append(f"first estimates from {self.preview_n} problems: {p['estimates']} of {p['estimating']} "
+            sizes = sorted(set(p["sizes"]))
+            on = (f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]} to {sizes[-1]}") if sizes else "a few"
+            parts.append(f"first estimates from {on} problems: {p['estimates']} of {p['estimating']} "
                          "(wide intervals)")
         if p["running"]:
             parts.append(f"refining to n={s.n} in the background: {p['done']} of {p['total']} done, "
@@ -278,3 +319,20 @@ class Runner:
             self._timer.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._preview_pool.shutdown(wait=False, cancel_futures=True)
+
+
+
+def preview_row(row: dict[str, Any], job: Job) -> dict[str, Any]:
+    """A first estimate as the chart and card show it: marked `partial`, keyed by the full run it stands
+    in for (`n_full` its n), with an interval at least as wide as Wilson's on the problems it saw: a
+    technique's own interval (a bootstrap over 2 problems, say) can claim a certainty 2 problems never give."""
+    out = dict(row, partial=True, n_full=job.n, preview_config_hash=row["config_hash"], config_hash=job.config_hash)
+    acc, n = row.get("accuracy"), row.get("n_examples")
+    if isinstance(acc, (int, float)) and not math.isnan(acc) and n:
+        lo, _ = wilson(math.floor(acc * n + 1e-9), n)
+        _, hi = wilson(math.ceil(acc * n - 1e-9), n)
+        out["accuracy_lo"] = min(lo, row.get("accuracy_lo", lo))
+        out["accuracy_hi"] = max(hi, row.get("accuracy_hi", hi))
+        if row.get("interval") != "wilson95":
+            out["interval"] = f"{row.get('interval')} widened to wilson95"
+    return out

@@ -17,7 +17,10 @@ hashable and feeds `config_hash`) with hooks that `explorer.run` calls:
 - `evaluate(model, task, examples, seed=, repeats=, batch_size=) -> dict`: the whole
   evaluation of a generative task. The default (`explorer.runs.evaluate`) calls
   `generate` per batch, verifies, and computes accuracy and costs; a technique
-  that needs another shape of evaluation (many samples per problem) overrides it.
+  that needs another shape of evaluation (many samples per problem) overrides it;
+- `estimate(...)`, same arguments: a first estimate on a few problems (the lab's, before the full
+  run): `evaluate` without what a technique measures beside the task (a speculative run's
+  target-alone timing and cost ratios); the default is `evaluate`.
 
 It registers itself with `@technique(...)`, which declares, in its own file,
 everything the lab, the CLI, sweeps and composition need to know about it
@@ -88,6 +91,11 @@ class Technique:
 
     def evaluate(self, model, task, examples, *, seed: int, repeats: int, batch_size: int) -> dict[str, Any]:
         return evaluation.evaluate(self, model, task, examples, seed=seed, repeats=repeats, batch_size=batch_size)
+
+    def estimate(self, model, task, examples, *, seed: int, repeats: int, batch_size: int) -> dict[str, Any]:
+        """`evaluate` for a first estimate: a technique whose evaluation also measures things beside
+        the task, at a fixed cost whatever the number of problems, leaves them out here."""
+        return self.evaluate(model, task, examples, seed=seed, repeats=repeats, batch_size=batch_size)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -171,6 +171,20 @@ class Speculative(Technique):
         return stats.columns() | {"output_digest": digest([t for g in generations for t in g.texts]),
                                   "spec_trace": stream(model.tokenizer, generations[0].trace or [])}
 
+    def estimate(self, model, task, examples, *, seed: int, repeats: int, batch_size: int) -> dict[str, Any]:
+        """The shared evaluation alone (the lab's first estimate): the target-alone timing and the
+        cost ratios (about a second of fixed cost, whatever the number of problems) come with the full run."""
+        self.measure_plan(model, [e.prompt for e in examples[:batch_size]])
+        row = evaluate(self, model, task, examples, seed=seed, repeats=repeats, batch_size=batch_size)
+        row.pop("output_digest")
+        return row
+
+    def measure_plan(self, model, prompts: list[str]) -> None:
+        """Measure the length plan before anything is timed (it is measured once per batch size)."""
+        if self.plans_lengths(len(prompts)):
+            self.length_plan(model, self.draft_model(model), model.tokenizer(prompts, return_tensors="pt",
+                                                                             padding=True))
+
     def evaluate(self, model, task, examples, *, seed: int, repeats: int, batch_size: int) -> dict[str, Any]:
         """The shared evaluation, with the target alone timed between its repeats."""
         prompts = [e.prompt for e in examples]
@@ -181,9 +195,7 @@ class Speculative(Technique):
                                       seed=[example_seed(seed, i * batch_size + j) for j in range(len(c))])
                     for i, c in enumerate(chunks)]
 
-        if self.plans_lengths(len(chunks[0])):  # measure the plan before anything is timed
-            self.length_plan(model, self.draft_model(model), model.tokenizer(chunks[0], return_tensors="pt",
-                                                                                 padding=True))
+        self.measure_plan(model, chunks[0])
         rows, walls_alone = [], []
         for _ in range(repeats):  # interleaved, so drift in machine load hits both sides alike
             rows.append(evaluate(self, model, task, examples, seed=seed, repeats=1, batch_size=batch_size))
