@@ -88,6 +88,8 @@ class ExitStats:
     prompt_tokens: list[int] = field(default_factory=list)
     kv_fill_s: float = 0.0
     layer_rows: list[int] = field(default_factory=list)  # per layer: rows it ran on, summed over decode steps
+    fill_rows: list[int] = field(default_factory=list)  # per layer: rows whose K/V the fill computed there
+    head_rows: int = 0  # rows the LM head read, summed over layers and steps
     decode_s: float = 0.0  # every call: the prompt's prefill and every position decoded
     first_s: float = 0.0  # the first call: the prefill and the first generated token
     decode_cpu_s: float = 0.0  # the same two in this thread's CPU time (robust to a loaded machine)
@@ -146,14 +148,16 @@ class KVCache:
             kb[:, :, t] = k[:, :, 0]
             vb[:, :, t] = v[:, :, 0]
             return kb[:, :, : t + 1], vb[:, :, : t + 1]
-        kb[rows, :, t] = k[:, :, 0]
-        vb[rows, :, t] = v[:, :, 0]
-        return kb[:, :, : t + 1][rows], vb[:, :, : t + 1][rows]
+        # index_copy_/index_select rather than advanced indexing: the same copies, a third of the
+        # time on these shapes (a subset's gather was most of a deep layer's per-row cost).
+        kb[:, :, t].index_copy_(0, rows, k[:, :, 0])
+        vb[:, :, t].index_copy_(0, rows, v[:, :, 0])
+        return kb[:, :, : t + 1].index_select(0, rows), vb[:, :, : t + 1].index_select(0, rows)
 
     def write(self, layer: int, rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """The fill: keys and values (rows, heads, head dim) of rows that did not run this layer."""
-        self.keys[layer][rows, :, self.length] = k
-        self.values[layer][rows, :, self.length] = v
+        self.keys[layer][:, :, self.length].index_copy_(0, rows, k)
+        self.values[layer][:, :, self.length].index_copy_(0, rows, v)
 
     def close(self) -> None:
         self.length += 1
@@ -183,16 +187,27 @@ class KVFill:
         self.eps = layers[0].input_layernorm.variance_epsilon
         self.head_dim = layers[0].self_attn.head_dim
 
-    def __call__(self, x: torch.Tensor, first: int, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values (layers from `first` on, rows, kv heads, head dim) of the frozen states x (rows, width)."""
+    def __call__(self, x: torch.Tensor, first: int, counts: list[int], cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of layer `first + i` for the first `counts[i]` frozen states of x (rows, width).
+
+        Flat (sum of counts, kv heads, head dim), layer after layer. The rows come
+        ordered by exit layer, lowest first, so the rows a layer owes are a prefix:
+        each layer's matmul takes only them (what the FLOPs count charges), no gather.
+        """
         xf = x.float()
         n = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
-        kv = torch.matmul(n, self.weight[first:].transpose(1, 2))  # (layers, rows, 2 kv width)
-        if self.bias is not None:
-            kv = kv + self.bias[first:, None]
-        k, v = kv.unflatten(-1, (-1, self.head_dim)).chunk(2, dim=2)
-        k = k * cos[None, :, None] + rotate_half(k) * sin[None, :, None]  # rotary, as LlamaAttention does
-        return k, v
+        kv = n.new_empty(sum(counts), self.weight.shape[1])
+        start = 0
+        for j, m in enumerate(counts, start=first):
+            if self.bias is None:
+                torch.mm(n[:m], self.weight[j].t(), out=kv[start : start + m])
+            else:
+                torch.addmm(self.bias[j], n[:m], self.weight[j].t(), out=kv[start : start + m])
+            start += m
+        k, v = kv.unflatten(-1, (-1, self.head_dim)).chunk(2, dim=1)
+        at = torch.cat([torch.arange(m) for m in counts])  # each flat row's state
+        c, s_ = cos[at, None], sin[at, None]
+        return k * c + rotate_half(k) * s_, v  # rotary, as LlamaAttention does
 
 
 class RowsView:
@@ -251,7 +266,7 @@ class ExitingModel:
         if hf not in _FAST:
             _FAST[hf] = fast_layers(hf)
         self.fast = _FAST[hf]  # None: transformers' own layers
-        self.stats = ExitStats(layer_rows=[0] * depth)
+        self.stats = ExitStats(layer_rows=[0] * depth, fill_rows=[0] * depth)
 
     @torch.inference_mode()
     def __call__(self, *, input_ids, attention_mask, position_ids, cache=None, **_) -> Output:
@@ -300,13 +315,17 @@ class ExitingModel:
         exit_at = torch.zeros(batch, dtype=torch.long)
         out_logits = torch.zeros(batch, self.config.vocab_size, dtype=h.dtype)
         rows = None if bool(live.all()) else live.nonzero()[:, 0]  # None: every row, uncompacted
-        run = State(h, cos, sin, pos, allowed).take(rows)
-        top = torch.full((batch if rows is None else rows.numel(),), -1, dtype=torch.long)
-        streak = torch.zeros_like(top)
+        # Positions only for transformers' layers; the fused ones take cos/sin.
+        run = State(h, cos, sin, pos if self.fast is None else None, allowed).take(rows)
+        top = streak = None
+        if self.rule.criterion == "agreement":
+            top = torch.full((run.h.shape[0],), -1, dtype=torch.long)
+            streak = torch.zeros_like(top)
         first = self.rule.first_head()
         pending = []  # exits of this step whose upper layers' keys and values are still owed
         for i, layer in enumerate(self.layers):
-            if top.numel() == 0:
+            running = run.h.shape[0]
+            if running == 0:
                 break
             view = RowsView(cache, rows)
             if self.fast is not None:
@@ -314,33 +333,58 @@ class ExitingModel:
             else:
                 run.h = layer(run.h, attention_mask=run.mask, position_embeddings=(run.cos, run.sin),
                               position_ids=run.pos, cache=view, use_cache=True)
-            self.stats.layer_rows[i] += run.h.shape[0]
+            self.stats.layer_rows[i] += running
             if i + 1 < first:
                 continue
-            logits = self.hf.lm_head(inner.norm(run.h[:, 0]))
+            logits = self.head(run.h[:, 0])
+            self.stats.head_rows += running
             go, top, streak = self.decide(i + 1, logits, top, streak)
-            if go is None or not bool(go.any()):
+            leaving = 0 if go is None else int(go.sum())
+            if leaving == 0:
                 continue
-            gone = go.nonzero()[:, 0] if rows is None else rows[go]
-            out_logits[gone] = logits[go]
-            exit_at[gone] = i + 1
+            if leaving == running:  # everyone left: nothing to compact
+                gone, left, staying = (torch.arange(batch) if rows is None else rows), run, None
+            else:
+                # One stable permutation, staying rows first (each group in row order), and one
+                # gather per tensor serve both groups: what stays runs on, what left is kept for the fill.
+                order = torch.argsort(go, stable=True)
+                moved = order if rows is None else rows.index_select(0, order)
+                keep = running - leaving
+                run = run.take(order)
+                gone, left, rows = moved[keep:], run.part(keep, None), moved[:keep]
+                logits, staying = logits.index_select(0, order[keep:]), order[:keep]
+                run = run.part(0, keep)
+            out_logits.index_copy_(0, gone, logits)
+            exit_at.index_fill_(0, gone, i + 1)
             if i + 1 < depth:
-                pending.append((gone, run.h[go, 0], run.cos[go], run.sin[go], i + 1))
-            stay = (~go).nonzero()[:, 0]
-            rows = stay if rows is None else rows[stay]
-            run, top, streak = run.take(stay), top[stay], streak[stay]
+                pending.append((gone, left.h[:, 0], left.cos, left.sin, i + 1))
+            if staying is None:
+                break
+            if top is not None:
+                top, streak = top[staying], streak[staying]
         if pending:
             self.fill(pending, cache)
         cache.close()
         self.stats.steps.append(exit_at)
         return out_logits
 
+    def head(self, h: torch.Tensor) -> torch.Tensor:
+        """The shared final norm and LM head on states (rows, width): as plain tensor operations
+        when the layers run fused and the head is a plain Linear (a module call costs more than
+        this arithmetic), else the model's own modules."""
+        inner = self.hf.model
+        if self.fast is None or type(self.hf.lm_head) is not torch.nn.Linear or not hasattr(
+                inner.norm, "variance_epsilon"):
+            return self.hf.lm_head(inner.norm(h))
+        return torch.nn.functional.linear(rms_norm(h, inner.norm.weight, inner.norm.variance_epsilon),
+                                          self.hf.lm_head.weight, self.hf.lm_head.bias)
+
     def decide(self, layer: int, logits, top, streak):
         """Which running rows leave after `layer` (None: none may yet), and the agreement state."""
         if self.rule.criterion == "agreement":
             streak, top = agree(logits, top, streak)
         if layer == len(self.layers):
-            return torch.ones_like(top, dtype=torch.bool), top, streak
+            return torch.ones(logits.shape[0], dtype=torch.bool), top, streak
         if layer < self.rule.min_layers:
             return None, top, streak
         return self.rule.leave(logits, streak), top, streak
@@ -348,35 +392,35 @@ class ExitingModel:
     def fill(self, pending: list, cache: KVCache) -> None:
         """CALM state propagation, once per step: each exited row's keys and values above its exit layer.
 
-        `pending` holds, per exit event of this step, (rows, their exit states,
-        cos, sin, first layer to fill). A row's position is never read by another
-        row, so the fill can wait until every running row has finished the step;
-        then all exited rows share one matmul against the K/V weights of every
-        layer from the lowest exit up (reading those weights once per step rather
-        than once per exit event), and each layer's new column takes the rows
-        that exited below it.
+        `pending` holds, per exit event of this step in layer order, (rows, their
+        exit states, cos, sin, first layer to fill). A row's position is never
+        read by another row, so the fill can wait until every running row has
+        finished the step. Then the exited rows, lowest exit first, are one
+        block: layer j owes the rows that left below it, a prefix of the block,
+        and gets exactly those (one small matmul per layer, one normalisation and
+        one rotary for all), so the fill computes what the FLOPs count charges.
         """
         start = time.perf_counter()
         rows = torch.cat([p[0] for p in pending])
         x, cos, sin = (torch.cat([p[k] for p in pending]) for k in (1, 2, 3))
-        firsts = torch.cat([torch.full((len(p[0]),), p[4]) for p in pending])
-        first, depth = pending[0][4], len(self.layers)  # events come in layer order: the lowest first
+        first, depth = pending[0][4], len(self.layers)
+        sizes = [(p[4], len(p[0])) for p in pending]
+        counts = [sum(m for e, m in sizes if e <= j) for j in range(first, depth)]  # rows owed per layer
         if self.kv is not None:
-            k, v = self.kv(x, first, cos[:, 0], sin[:, 0])  # (layers from first, rows, kv heads, head dim)
-        for j in range(first, depth):
-            need = firsts <= j
-            every = bool(need.all())
-            at = rows if every else rows[need]
+            k, v = self.kv(x, first, counts, cos[:, 0], sin[:, 0])  # flat, layer after layer
+        at = 0
+        for j, m in enumerate(counts, start=first):
             if self.kv is not None:
-                kj, vj = (k[j - first], v[j - first]) if every else (k[j - first, need], v[j - first, need])
+                kj, vj = k[at : at + m], v[at : at + m]
+                at += m
             else:  # projections that are not plain Linear (a quantized kernel): this layer's own modules
-                attn, xs = self.layers[j].self_attn, x if every else x[need]
-                xn = self.layers[j].input_layernorm(xs[:, None])
+                attn = self.layers[j].self_attn
+                xn = self.layers[j].input_layernorm(x[:m, None])
                 kj = attn.k_proj(xn).unflatten(-1, (-1, attn.head_dim))[:, 0]  # (rows, kv heads, head dim)
-                c, s_ = (cos, sin) if every else (cos[need], sin[need])
-                kj = kj * c + rotate_half(kj) * s_
+                kj = kj * cos[:m] + rotate_half(kj) * sin[:m]
                 vj = attn.v_proj(xn).unflatten(-1, (-1, attn.head_dim))[:, 0]
-            cache.write(j, at, kj, vj)
+            cache.write(j, rows[:m], kj, vj)
+            self.stats.fill_rows[j] += m
         self.stats.kv_fill_s += time.perf_counter() - start
 
 
@@ -393,8 +437,11 @@ class State:
     def take(self, idx: torch.Tensor | None) -> "State":
         if idx is None:
             return self
-        return State(self.h[idx], self.cos[idx], self.sin[idx], self.pos[idx],
-                     None if self.mask is None else self.mask[idx])
+        return State(*(None if x is None else x.index_select(0, idx) for x in vars(self).values()))
+
+    def part(self, start: int, stop: int | None) -> "State":
+        """Rows start..stop (views, no copy)."""
+        return State(*(None if x is None else x[start:stop] for x in vars(self).values()))
 
 
 class FastLayer:

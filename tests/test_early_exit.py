@@ -108,6 +108,18 @@ def test_batched_exits_equal_one_prompt_at_a_time(mid_model):
     assert batch.exits.per_row() == [s.exits.per_row()[0] for s in single]
 
 
+def test_what_runs_is_what_the_flops_count_charges(mid_model):
+    """Layers, LM heads and K/V fills computed equal the counts `exit_flops` charges: each token runs
+    layers 1..e, reads the head at layers min_layers..e, and gets K/V filled for layers e+1..depth only."""
+    depth = mid_model.facts.layers
+    g = decode(mid_model, ex.EarlyExit("max_prob", 0.7, min_layers=2), prompts(6, seed=2), max_new_tokens=16)
+    flat = [e for row in g.exits.per_row() for e in row]
+    assert len(set(flat)) >= 3  # rows leave at several layers in one step: the fill serves mixed exits
+    assert g.exits.layer_rows == [sum(e > j for e in flat) for j in range(depth)]
+    assert g.exits.fill_rows == [sum(e <= j for e in flat) for j in range(depth)]
+    assert g.exits.head_rows == sum(e - 2 + 1 for e in flat)
+
+
 # ---------------------------------------------------------------- the KV cache under exits
 
 def replay(hf, ids: list[int], exits: list[int]):
