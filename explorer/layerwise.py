@@ -17,14 +17,15 @@ layer computes only its key and value projections from it (input norm, K and V
 matmuls, rotary), no query, attention, output projection or MLP. On the zoo's
 Llama shape (MLP 8/3 of the width) that is 1/6 of a layer's matmul FLOPs.
 Because every skipped layer reads the same frozen state, all of them are filled
-at once: one RMS normalisation, one batched matmul against every layer's K and
-V weights (pre-multiplied by that layer's norm weight, `KVFill`), one rotary.
+at once: one RMS normalisation, one small matmul per layer against its K and V
+weights (pre-multiplied by that layer's norm weight, `KVFill`), one rotary.
 And since no row reads another row's keys, the fill waits for the end of the
-step and serves every row that exited in it with that one matmul. At these
-sizes time goes to per-operation overhead and weight reads more than to
-arithmetic, so one fill per step instead of one per skipped layer (or per exit)
-is what lets the time saved follow the FLOPs saved. Its time is measured
-(`kv_fill_s`).
+step and serves every row that exited in it: ordered by exit layer, the rows a
+layer owes are a prefix, so each layer's matmul takes exactly those (what the
+FLOPs count charges; `ExitStats.fill_rows` counts them). At these sizes time
+goes to per-operation overhead and weight reads more than to arithmetic, so
+one fill per step instead of one per exit is what lets the time saved follow
+the FLOPs saved. Its time is measured (`kv_fill_s`).
 
 Rows whose input is the end-of-sequence token have finished (the shared loop
 feeds them that token after they stop) and are not run at all.
