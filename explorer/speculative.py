@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from explorer.generate import Generation, draw, per_row, positions, strip_eos, uniform
+from explorer.layerwise import fast_layers, rms_norm, rotate_half
 
 # Beyond 32 proposals a round gains nothing: even at acceptance 0.9 the chance
 # that all 32 survive is 3%, while the draft pays for every one of them.
@@ -106,6 +107,140 @@ class Decoder:
 
     def length(self) -> int:
         return self.cache.get_seq_length()
+
+
+class FusedSide(Decoder):
+    """A `Decoder` whose calls run `explorer.layerwise.FastLayer`s on a preallocated K/V buffer.
+
+    The draft and the target of a round are called many times on a few positions
+    each: at the zoo's sizes a call costs mostly per-operation overhead, and
+    transformers' layers (mask building, cache objects, module dispatch) spent
+    about twice what the arithmetic needs. Here each call is the fused layers'
+    plain tensor operations on any number of new positions per row, attending
+    over one (batch, kv heads, capacity, head dim) buffer per layer; rolling back
+    is moving the length back (nothing is copied), and a hole (a rejected position
+    of one row of a batch) is a column the mask hides, as in `Decoder`. The same
+    arithmetic as transformers' layers (tested: greedy output equals the target
+    alone's). `as_decoder` uses it wherever `fast_layers` can run the model.
+    """
+
+    def __init__(self, hf, layers):
+        super().__init__(hf)
+        self.layers = layers
+        inner = hf.model
+        self.embed, self.rotary, self.norm, self.head = inner.embed_tokens, inner.rotary_emb, inner.norm, hf.lm_head
+        self.keys: list[torch.Tensor] = []
+        self.values: list[torch.Tensor] = []
+        self.t = 0  # cached columns
+
+    def start(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        self.keys, self.values, self.t = [], [], 0
+        self.mask = mask[:, :0].long()
+        return self.extend(ids, mask.bool(), last_only=True)[:, -1] if ids.shape[1] else None
+
+    def _room(self, b: int, k: int, like: torch.Tensor) -> None:
+        need = self.t + k
+        if self.keys and self.keys[0].shape[2] >= need:
+            return
+        cap = max(64, 2 * need)
+        grown = []
+        for bufs in (self.keys, self.values):
+            new = []
+            for i, layer in enumerate(self.layers):
+                buf = like.new_empty(b, layer.kv_heads, cap, layer.head_dim)
+                if bufs:
+                    buf[:, :, : self.t] = bufs[i][:, :, : self.t]
+                new.append(buf)
+            grown.append(new)
+        self.keys, self.values = grown
+
+    @torch.inference_mode()  # its fused weights are inference tensors, whoever calls
+    def extend(self, tokens: torch.Tensor, valid: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
+        b, k = tokens.shape
+        self.mask = torch.cat([self.mask, valid.long()], dim=1)
+        t, total = self.t, self.t + k
+        h = self.embed(tokens)
+        cos, sin = self.rotary(h, position_ids=positions(self.mask)[:, -k:])
+        cos, sin = cos[:, None], sin[:, None]  # (rows, 1, k, head dim): every head alike
+        self._room(b, k, h)
+        # Query i (column t + i) sees the real columns up to its own, and itself always (a pad
+        # position attends to itself only, so it stays finite; no real token reads it).
+        seen = self.mask[:, None, :total].bool()
+        if k > 1 or not bool(seen.all()):
+            causal = torch.ones(k, total, dtype=torch.bool).tril(t)
+            itself = causal & ~torch.ones(k, total, dtype=torch.bool).tril(t - 1)
+            seen = (seen & causal) | itself
+            seen = seen[:, None, None]  # (rows, 1, 1, k, total): broadcast over kv heads and groups
+        else:
+            seen = None
+        for i, layer in enumerate(self.layers):
+            h = fused_layer(layer, h, cos, sin, seen, self.keys[i], self.values[i], t)
+        self.t = total
+        if last_only:
+            h = h[:, -1:]
+        return self.head(self.norm(h)).float()
+
+    @torch.inference_mode()
+    def keep(self, kept: torch.Tensor) -> None:
+        k = kept.shape[1]
+        if k == 0:
+            return
+        self.mask[:, -k:] *= kept.long()
+        used = kept.any(0).nonzero()
+        drop = k - (int(used.max()) + 1 if used.numel() else 0)
+        if drop:
+            self.t -= drop
+            self.mask = self.mask[:, :-drop]
+
+    @torch.inference_mode()
+    def select(self, rows: torch.Tensor) -> None:
+        self.keys = [x[rows] for x in self.keys]
+        self.values = [x[rows] for x in self.values]
+        self.mask = self.mask[rows]
+
+    def length(self) -> int:
+        return self.t
+
+
+def fused_layer(layer, h, cos, sin, seen, keys, values, t: int) -> torch.Tensor:
+    """One decoder layer (a `FastLayer`'s weights) on k new positions per row; writes their K/V at t."""
+    b, k, _ = h.shape
+    hd, kvh = layer.head_dim, layer.kv_heads
+    qkv = layer.project_qkv(rms_norm(h, layer.norm1, layer.eps1))
+    qkv = qkv.view(b, k, layer.heads + 2 * kvh, hd).transpose(1, 2)
+    qk, v = qkv.split([layer.heads + kvh, kvh], 1)
+    qk = qk * cos + rotate_half(qk) * sin  # rotary on queries and keys at once
+    q, key = qk.split([layer.heads, kvh], 1)
+    keys[:, :, t : t + k] = key
+    values[:, :, t : t + k] = v
+    total, group = t + k, layer.heads // kvh
+    # Grouped-query heads attend as (kv heads, group) without repeating the keys.
+    q = q.reshape(b, kvh, group * k, hd)
+    scores = torch.matmul(q, keys[:, :, :total].transpose(-1, -2)) * layer.scaling
+    if seen is not None:
+        scores = scores.view(b, kvh, group, k, total).masked_fill(~seen, float("-inf"))
+    o = torch.matmul(scores.softmax(-1).view(b, kvh, group * k, total), values[:, :, :total])
+    o = o.view(b, layer.heads, k, hd).transpose(1, 2).reshape(b, k, layer.heads * hd)
+    h = h + layer.out(o)
+    return h + layer.mlp(rms_norm(h, layer.norm2, layer.eps2))
+
+
+# Fused layers per model, built once (None: transformers' layers must run it).
+_LAYERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def fused_side(hf) -> FusedSide | None:
+    """A fresh `FusedSide` for `hf`, or None where `fast_layers` cannot run it."""
+    if hf not in _LAYERS:
+        try:
+            # Plain Linears fused (Q/K/V and gate/up one matmul each); other kernels called as modules.
+            with torch.inference_mode():
+                _LAYERS[hf] = (fast_layers(hf) or fast_layers(hf, modules=True)) if hasattr(
+                    hf, "model") and hasattr(hf, "lm_head") else None
+        except (AttributeError, TypeError):
+            _LAYERS[hf] = None
+    layers = _LAYERS[hf]
+    return None if layers is None else FusedSide(hf, layers)
 
 
 class Draft:
@@ -419,7 +554,8 @@ def check_knobs(draft_len, temperature, max_new_tokens, adaptive) -> None:
 def as_decoder(side) -> Decoder:
     if isinstance(side, Decoder):
         return side
-    return Decoder(getattr(side, "hf", side))  # an explorer Model, or a transformers model
+    hf = getattr(side, "hf", side)  # an explorer Model, or a transformers model
+    return fused_side(hf) or Decoder(hf)
 
 
 def check_pair(target, draft) -> None:

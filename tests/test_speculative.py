@@ -9,7 +9,7 @@ import explorer as ex
 from explorer import tasks as T
 from explorer.generate import encode, generate
 from explorer.layerwise import first_layers
-from explorer.speculative import Decoder, predicted_speedup, speculative_generate
+from explorer.speculative import Decoder, FusedSide, as_decoder, fused_side, predicted_speedup, speculative_generate
 
 SIGNIFICANCE = 1e-3  # a correct sampler fails one seed in a thousand; the seeds below are fixed
 
@@ -171,9 +171,10 @@ def test_sampling_is_seeded(target, draft):
 
 # --- the KV cache is rolled back exactly ----------------------------------------------------------
 
-def test_rolled_back_cache_equals_a_fresh_forward(target):
+@pytest.mark.parametrize("kind", ["transformers", "fused"])
+def test_rolled_back_cache_equals_a_fresh_forward(target, kind):
     ids = target.tokenizer(["1234", "7"], return_tensors="pt", padding=True)
-    side = Decoder(target.hf)
+    side = Decoder(target.hf) if kind == "transformers" else fused_side(target.hf)
     side.start(ids["input_ids"], ids["attention_mask"])
     side.extend(torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]]), torch.ones(2, 4, dtype=torch.bool))
     side.keep(torch.tensor([[True, True, False, False], [True, False, False, False]]))
@@ -185,10 +186,11 @@ def test_rolled_back_cache_equals_a_fresh_forward(target):
         assert torch.allclose(logits[row], fresh, atol=1e-4)
 
 
-def test_after_generation_the_target_cache_holds_exactly_the_kept_tokens(target, draft):
+@pytest.mark.parametrize("kind", ["transformers", "fused"])
+def test_after_generation_the_target_cache_holds_exactly_the_kept_tokens(target, draft, kind):
     p = T.get("sort").examples(1, seed=3, difficulty=5)[0].prompt
     ids = target.tokenizer(p)["input_ids"]
-    side = Decoder(target.hf)
+    side = Decoder(target.hf) if kind == "transformers" else fused_side(target.hf)
     spec = speculative_generate(side, draft, ids, draft_len=6, temperature=0.0, max_new_tokens=12)
     assert spec.stats.judged > spec.stats.accepted  # some proposals were rejected and rolled back
     kept = ids + spec.tokens[0] + [target.tokenizer.eos_token_id] * (len(spec.tokens[0]) < 12)
@@ -196,9 +198,24 @@ def test_after_generation_the_target_cache_holds_exactly_the_kept_tokens(target,
     fed = len(kept) - 1 + spec.stats.eos_accepted
     assert side.length() == fed and bool(side.mask.all())  # no holes at batch size 1
     fresh = target.hf(input_ids=torch.tensor([kept[:fed]]), use_cache=True).cache
-    for got, want in zip(side.cache.layers, fresh.layers):
-        assert torch.allclose(got.keys, want.keys, atol=1e-4)
-        assert torch.allclose(got.values, want.values, atol=1e-4)
+    if kind == "fused":
+        got_layers = [(k[:, :, :fed], v[:, :, :fed]) for k, v in zip(side.keys, side.values)]
+    else:
+        got_layers = [(c.keys, c.values) for c in side.cache.layers]
+    assert len(got_layers) == len(fresh.layers)
+    for (keys, values), want in zip(got_layers, fresh.layers):
+        assert torch.allclose(keys, want.keys, atol=1e-4)
+        assert torch.allclose(values, want.values, atol=1e-4)
+
+
+def test_zoo_models_run_the_fused_layers_and_others_transformers_own(target):
+    import copy
+
+    assert isinstance(as_decoder(target), FusedSide)  # every loop test above ran the fused path
+    other = copy.deepcopy(target.hf)
+    other.config.hidden_act = "gelu"  # fast_layers runs SiLU MLPs only
+    side = as_decoder(other)
+    assert type(side) is Decoder
 
 
 # --- the statistics add up ------------------------------------------------------------------------
