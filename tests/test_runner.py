@@ -9,6 +9,7 @@ import pytest
 
 import explorer as ex
 from explorer.store import Store
+from widgets.frontier import records
 from widgets.runner import Runner, preview_row
 from widgets.state import LabState
 
@@ -46,6 +47,9 @@ def test_every_model_gets_a_first_estimate_then_its_full_run(runner, gate):
     assert ((wide["accuracy_hi"] - wide["accuracy_lo"]) > 0.3).all()  # 4 problems: a wide Wilson interval
     assert runner.store.frame().height == 0  # nothing stored yet: estimates live in memory only
     assert any("first estimates from 4 problems" in s for s in seen_status)
+    # The chart says which points are first estimates, and on how many problems (its tooltip label).
+    shown = [r["label"] for r in records(estimates) if r.get("partial")]
+    assert len(shown) == 4 and all("first estimate: 4 of 24 problems" in label for label in shown)
 
     gate.set()
     runner.wait(300)

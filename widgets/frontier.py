@@ -42,6 +42,11 @@ def records(df: pl.DataFrame, quality: str = QUALITY, filters: dict[str, Any] | 
                          **{f"shown_{c}": pl.col(c) * metric(c).scale for c in axes},
                          **{f"text_{c}": df[c].map_elements(lambda v, c=c: fmt(c, v), return_dtype=pl.String)
                             for c in axes})
+    if "n_full" in df.columns:  # the runner's first estimate: said on the point itself, not only on the card
+        rough = pl.col("partial").fill_null(False) & pl.col("n_full").is_not_null()
+        df = df.with_columns(label=pl.when(rough).then(pl.format("{} (first estimate: {} of {} problems; refining)",
+                                                                 "label", "n_examples", "n_full"))
+                             .otherwise(pl.col("label")))
     for axis in COST_AXES:  # the "not distinguishable" mark says how many problems per configuration would decide it
         if f"problems_to_decide_{axis}" in df.columns:
             n = pl.col(f"problems_to_decide_{axis}")
@@ -97,8 +102,9 @@ def chart(rows: list[dict[str, Any]], *, budget: float = math.inf, cost_axis: st
                                         symbolOpacity=1))
     shape = alt.Shape("technique_label:N", title="technique", scale=alt.Scale(**scales["shape"]),
                       legend=alt.Legend(orient="bottom", direction="horizontal", columns=3))
-    bars = base.mark_rule(opacity=0.45, strokeWidth=1.5).encode(x=x, y=f"{quality}_lo:Q", y2=f"{quality}_hi:Q",
-                                                               color=color)
+    bars = base.mark_rule(opacity=0.45, strokeWidth=1.5).encode(  # dashed: a first estimate's interval
+        x=x, y=f"{quality}_lo:Q", y2=f"{quality}_hi:Q", color=color,
+        strokeDash=alt.condition("datum.partial", alt.value([3, 2]), alt.value([1, 0])))
     points = base.mark_point(filled=True, opacity=1).encode(
         x=x, y=y, color=color, shape=shape,
         opacity=alt.condition("datum.fits", alt.value(1.0), alt.value(0.2)),

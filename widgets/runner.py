@@ -174,7 +174,7 @@ class Runner:
                     continue
                 try:
                     self._load(job.model)
-                    row = self._first_estimate(job, deadline, len(todo) - i)
+                    row = self._first_estimate(job, deadline, len(todo) - i, generation)
                 except ValueError:
                     continue  # a refused configuration: the full worker reports it
                 with self._partial_lock:  # the full run may have landed meanwhile: then it wins
@@ -193,7 +193,7 @@ class Runner:
             estimated.set()
         return made
 
-    def _first_estimate(self, job: Job, deadline: float | None, left: int) -> dict[str, Any]:
+    def _first_estimate(self, job: Job, deadline: float | None, left: int, generation: int) -> dict[str, Any]:
         """The job on its first problems: `preview_n` of them without a budget; with one, the first
         problem alone, and then as many as its measured cost says fit in this model's share of what
         is left (each of the `left` models still to estimate gets an equal share)."""
@@ -204,6 +204,8 @@ class Runner:
         t = time.perf_counter()
         probe = self._preview(job, 1)
         spent = time.perf_counter() - t
+        if generation != self._generation:
+            return probe  # a newer move: dropped by the caller, so spend nothing more on it
         # The probe's time includes the run's fixed costs (a quantized copy of the weights, say), and
         # later problems are harder (longer answers): PROBE_MARGIN keeps the estimate inside its share.
         fit = min(most, int((share - spent) / (PROBE_MARGIN * spent)))
