@@ -36,9 +36,17 @@ def evaluate(technique, model, task: T.Task, examples: list[T.Example], *,
         "tokens_generated": tokens,
         "wall_s": wall,
         "wall_s_per_token": wall / max(tokens, 1),
+        "decode_path": decode_path(gens),
     }
     row |= technique.columns(model, gens)
     return row
+
+
+def decode_path(gens) -> str | None:
+    """Which forward decoded these generations (`explorer.generate.decoder`): "fused",
+    "transformers", a wrapper's name, several joined by "+", or None if no loop recorded one."""
+    paths = sorted({getattr(g, "decode_path", "") for g in gens} - {""})
+    return "+".join(paths) or None
 
 
 def accuracy_columns(examples: list[T.Example], correct: list[bool], prefix: str = "accuracy") -> dict[str, Any]:

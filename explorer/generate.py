@@ -8,10 +8,12 @@ of every sample.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import Sequence, Union
+from dataclasses import dataclass, field
+from typing import Any, Sequence, Union
 
 import torch
+
+from explorer.layerwise import fused_decoder
 
 # A sampler: None (greedy), one torch.Generator for the whole batch, or one per row.
 # Evaluations pass one per row, seeded per example (`samplers`), so a sample never
@@ -26,6 +28,40 @@ class Generation:
     logprobs: list[float]  # summed log-probability of each generated sequence (incl. eos)
     tokens_generated: int  # forward positions decoded, summed over the batch (incl. eos)
     steps: int  # decode steps taken (batched forward calls after the prompt)
+    # Which forward ran the decode steps (`decode_path`): "fused", "transformers", or the wrapper's
+    # name. Keyword-only, so subclasses' positional fields are unchanged; "" when a loop other than
+    # `generate` built this (it did not record one).
+    decode_path: str = field(default="", kw_only=True)
+
+
+# The decode paths `generate` can take. "auto": the fused path when the model supports it, else
+# the transformers forward. Rows always run "auto"; the others are for tests and benchmarks.
+PATHS = ("auto", "fused", "transformers")
+
+
+def decoder(model, path: str = "auto") -> tuple[Any, str]:
+    """(the callable that decodes, its name) for a transformers model under `path`.
+
+    "fused" is `explorer.layerwise.FusedDecoder`: decode steps as plain tensor
+    operations on a preallocated K/V cache, for Llama-style stacks (the zoo, pruned
+    or quantized zoo models, SmolLM2); its greedy tokens equal the transformers
+    forward's (tests/test_fused.py). Anything else (a model it cannot run, or an
+    object that is not a transformers model, such as early exit's wrapper) decodes
+    through itself, named by its `decode_path` attribute or its type.
+    """
+    if path not in PATHS:
+        raise ValueError(f"path={path!r}; valid: {', '.join(map(repr, PATHS))}")
+    if not hasattr(model, "config") or not hasattr(model, "get_input_embeddings"):
+        if path != "auto":
+            raise ValueError(f"path={path!r} applies to a transformers model; got {type(model).__name__}")
+        return model, str(getattr(model, "decode_path", type(model).__name__))
+    if path == "transformers":
+        return model, "transformers"
+    fused = fused_decoder(model)
+    if fused is None and path == "fused":
+        raise ValueError(f"path='fused': {type(model).__name__} ({model.config.model_type}) is not a "
+                         "Llama-style stack of Linear projections the fused path runs; use path='auto'")
+    return (fused, "fused") if fused is not None else (model, "transformers")
 
 
 def encode(tokenizer, prompts: list[str], context: int) -> dict[str, torch.Tensor]:
@@ -53,13 +89,19 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     generator: Sampler = None,
+    path: str = "auto",
+    stop_at_eos: bool = True,
 ) -> Generation:
     """Decode up to `max_new_tokens` per prompt, stopping each row at end-of-sequence.
 
     `generator`: one torch.Generator for the batch, or a list with one per prompt
     (`samplers(seed, n)`), which makes each prompt's samples independent of its batch.
+    `path`: which forward decodes (`decoder`); the result's `decode_path` names it.
+    stop_at_eos=False decodes every row for all `max_new_tokens` steps (benchmarks time a fixed
+    number of steps this way; the tokens past an end-of-sequence then mean nothing).
     """
     check_temperature(temperature)
+    model, decode_path = decoder(model, path)
     context = model.config.max_position_embeddings
     enc = encode(tokenizer, prompts, context - max_new_tokens)
     if generator is not None and not isinstance(generator, torch.Generator) and len(generator) != len(prompts):
@@ -82,7 +124,8 @@ def generate(
         logp += torch.where(done, 0.0, lp).cpu().double()
         nxt = torch.where(done, eos, nxt)
         gen = torch.cat([gen, nxt[:, None]], dim=1)
-        done |= nxt == eos
+        if stop_at_eos:
+            done |= nxt == eos
         if bool(done.all()) or step == max_new_tokens - 1:
             break
         mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=dev)], dim=1)
@@ -93,7 +136,7 @@ def generate(
         steps += 1
     tokens = [strip_eos(row, eos) for row in gen.tolist()]
     texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
-    return Generation(tokens, texts, logp.tolist(), decoded, steps)
+    return Generation(tokens, texts, logp.tolist(), decoded, steps, decode_path=decode_path)
 
 
 def strip_eos(row: list[int], eos: int) -> list[int]:

@@ -556,8 +556,14 @@ class FusedDecoder:
     modules. `fused_decoder(hf)` returns None for a model it cannot run.
     """
 
+    decode_path = "fused"  # what `explorer.generate` records for rows decoded through it
+
     def __init__(self, hf, layers: list[FastLayer]):
         self.hf, self.config, self.layers = hf, hf.config, layers
+
+    @property
+    def device(self) -> torch.device:
+        return self.hf.device
 
     @torch.inference_mode()
     def __call__(self, *, input_ids, attention_mask, position_ids, cache=None, logits_to_keep=0, **_) -> Output:
@@ -579,8 +585,15 @@ class FusedDecoder:
         return Output(self.hf.lm_head(inner.norm(h)), cache)
 
 
+# Model types whose decoder layer is exactly Llama's arithmetic (Qwen2 adds Q/K/V biases, which
+# FastLayer carries); anything else decodes through transformers.
+FUSED_MODEL_TYPES = ("llama", "mistral", "qwen2")
+
+
 def fused_decoder(hf) -> FusedDecoder | None:
     """The fused decode path for this model, or None (not a plain Llama stack)."""
+    if getattr(hf.config, "model_type", None) not in FUSED_MODEL_TYPES:
+        return None
     try:
         check_supported(hf)
     except ValueError:

@@ -19,9 +19,12 @@ from explorer.version import __version__
 
 SCHEMA_VERSION = 2
 # Bump when a change to the engine changes what a configuration computes (version 2: every
-# sampled example draws from its own generator, so samples no longer depend on batch size).
+# sampled example draws from its own generator, so samples no longer depend on batch size; version 3:
+# plain decoding runs the fused decode path wherever the model supports it, `explorer.generate.decoder`,
+# whose logits differ from transformers' in rounding only; the row's `decode_path` column names the path,
+# a function of the model and technique already in the key, so the version is all the key needs).
 # It is in every row and in its key, so a resumed sweep never keeps a row of an older engine.
-ENGINE_VERSION = 2
+ENGINE_VERSION = 3
 DEFAULT_TASK_FORMAT = "original"  # a task without a `task_format` attribute: the format it always had
 
 

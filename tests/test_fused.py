@@ -1,10 +1,13 @@
 """The fused decode path (explorer.layerwise.FusedDecoder) gives what the transformers model gives."""
+import copy
+import dataclasses
+
 import pytest
 
 import explorer as ex
 from explorer import quant_kernels as K
 from explorer import tasks as T
-from explorer.generate import generate
+from explorer.generate import generate, samplers
 from explorer.layerwise import fused_decoder
 
 
@@ -34,3 +37,93 @@ def test_fused_decoding_calls_a_quantized_kernels_linears(zoo_models, quantize):
     assert a.tokens == b.tokens
     assert b.logprobs == pytest.approx(a.logprobs, abs=1e-3)
     assert K is not None
+
+
+# ----- the fused path is the one rows decode with ----------------------------------------------------
+
+def variants(zoo_models):
+    """Every kind of model the fused path takes: plain, pruned (smaller FFN, fewer heads), quantized."""
+    base = zoo_models["zoo-m"]
+    out = {"zoo-m": base, "zoo-s": zoo_models["zoo-s"],
+           "ffn0.5": ex.Prune(ffn=0.5, score="magnitude").prepare(base),
+           "heads0.5": ex.Prune(heads=0.5, score="magnitude").prepare(base),
+           "int8": ex.Quantize(bits=8).apply(base), "int4": ex.Quantize(bits=4, group_size=32).apply(base),
+           "bf16": ex.Quantize(bits=16, format="fp").apply(base),
+           "dyn8": ex.Quantize(bits=8, kernel="int8-dynamic").apply(base),
+           "sim4": ex.Quantize(bits=4, group_size=32, kernel="simulated").apply(base)}
+    return out
+
+
+# Logits tolerances, fused against transformers (same weights, same cache contents; the fused path
+# concatenates nothing in module mode but writes attention as matmul + softmax, not SDPA): summed
+# log-probabilities of whole sequences agree to 1e-4 nats in float32, 1e-3 with int8/int4 kernels,
+# 2e-2 in bfloat16 (8 mantissa bits).
+TOL = {"int8": 1e-3, "int4": 1e-3, "dyn8": 1e-3, "bf16": 2e-2}
+
+
+@pytest.mark.parametrize("name", ["zoo-m", "zoo-s", "ffn0.5", "heads0.5", "int8", "int4", "dyn8", "bf16", "sim4"])
+def test_auto_path_is_fused_and_token_identical_to_transformers_greedy(zoo_models, name):
+    model = variants(zoo_models)[name]
+    auto = generate(model.hf, model.tokenizer, prompts(), max_new_tokens=40)  # batched, left padded
+    ref = generate(model.hf, model.tokenizer, prompts(), max_new_tokens=40, path="transformers")
+    assert auto.decode_path == "fused" and ref.decode_path == "transformers"
+    assert auto.tokens == ref.tokens and auto.tokens_generated == ref.tokens_generated
+    assert auto.logprobs == pytest.approx(ref.logprobs, abs=TOL.get(name, 1e-4))
+    one = generate(model.hf, model.tokenizer, prompts()[:1], max_new_tokens=20)  # batch 1, no padding
+    assert one.tokens[0] == generate(model.hf, model.tokenizer, prompts()[:1], max_new_tokens=20,
+                                     path="transformers").tokens[0]
+
+
+@pytest.mark.parametrize("name", ["zoo-m", "ffn0.5", "int4"])
+def test_sampled_outputs_are_identical_for_the_same_seeds(zoo_models, name):
+    model = variants(zoo_models)[name]
+    kw = dict(max_new_tokens=24, temperature=1.0)
+    seeds = list(range(len(prompts())))
+    auto = generate(model.hf, model.tokenizer, prompts(), generator=samplers(seeds), **kw)
+    ref = generate(model.hf, model.tokenizer, prompts(), generator=samplers(seeds), path="transformers", **kw)
+    again = generate(model.hf, model.tokenizer, prompts(), generator=samplers(seeds), **kw)
+    assert auto.tokens == ref.tokens == again.tokens
+    assert auto.logprobs == again.logprobs  # the same path twice: bit for bit
+
+
+def test_no_stop_at_eos_decodes_every_step(zoo_models):
+    model = zoo_models["zoo-m"]
+    g = generate(model.hf, model.tokenizer, prompts(), max_new_tokens=30, stop_at_eos=False)
+    assert g.steps == 29 and g.tokens_generated == 30 * len(prompts())
+    stop = generate(model.hf, model.tokenizer, prompts(), max_new_tokens=30)
+    assert stop.steps < 29 and [t[: len(s)] for t, s in zip(g.tokens, stop.tokens)] == stop.tokens
+
+
+def test_rows_record_their_decode_path_and_repeat_exactly(zoo_models):
+    model = zoo_models["zoo-s"]
+    row = ex.run(model, "addition", n=12, repeats=1, batch_size=5)
+    assert row["decode_path"] == "fused"
+    again = ex.run(model, "addition", n=12, repeats=1, batch_size=5)
+    timing = {"wall_s", "wall_s_per_token", "created_at"}
+    assert {k: v for k, v in row.items() if k not in timing} == {k: v for k, v in again.items() if k not in timing}
+    ee = ex.run(model, "addition", ex.EarlyExit(threshold=0.9), n=6, repeats=1)
+    assert ee["decode_path"] == "ExitingModel"
+    eager = eager_attention(model)
+    assert ex.run(eager, "addition", n=6, repeats=1)["decode_path"] == "transformers"  # the fallback
+    samp = ex.run(model, "addition", ex.Sampling(n=2, k=2, temperature=0.7), n=4, repeats=1)
+    assert samp["decode_path"] == "fused"
+
+
+def test_a_path_the_model_cannot_take_is_refused_by_name(zoo_models):
+    model = zoo_models["zoo-s"]
+    with pytest.raises(ValueError, match="path='fast'; valid: 'auto', 'fused', 'transformers'"):
+        generate(model.hf, model.tokenizer, prompts()[:1], max_new_tokens=2, path="fast")
+    eager = eager_attention(model)
+    with pytest.raises(ValueError, match="path='fused'.*use path='auto'"):
+        generate(eager.hf, eager.tokenizer, prompts()[:1], max_new_tokens=2, path="fused")
+    g = generate(eager.hf, eager.tokenizer, prompts(), max_new_tokens=12)
+    assert g.decode_path == "transformers"
+    assert g.tokens == generate(model.hf, model.tokenizer, prompts(), max_new_tokens=12).tokens
+
+
+def eager_attention(model):
+    """A copy of `model` on transformers' eager attention, which the fused path does not take."""
+    hf = copy.deepcopy(model.hf)
+    hf.config._attn_implementation = "eager"
+    facts = dataclasses.replace(model.facts, name=model.name + "-eager", revision=model.facts.revision + "-eager")
+    return ex.models.Model(hf, model.tokenizer, facts)

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Mapping
 import numpy as np
 
 from explorer import aggregate as agg
+from explorer import evaluation
 from explorer.techniques.base import AGGREGATES, Knob, Technique, technique
 from explorer.cost import flops_per_token, timed
 from explorer import generate as generation
@@ -237,6 +238,7 @@ class Sampling(Technique):
             "flops_per_token_analytic": float(flops_per_token(model.hf.config, prompt_len + tokens.mean() / 2)),
             "tokens_generated": int(tokens.sum()), "wall_s": wall,
             "wall_s_per_token": wall / max(int(tokens.sum()), 1),
+            "decode_path": evaluation.decode_path(gens),
         }
         if decoder is not None:  # its analytic FLOPs (layers skipped) replace the full model's
             row |= decoder.columns(model, gens)
