@@ -206,9 +206,11 @@ class Runner:
         spent = time.perf_counter() - t
         if generation != self._generation:
             return probe  # a newer move: dropped by the caller, so spend nothing more on it
-        # The probe's time includes the run's fixed costs (a quantized copy of the weights, say), and
-        # later problems are harder (longer answers): PROBE_MARGIN keeps the estimate inside its share.
-        fit = min(most, int((share - spent) / (PROBE_MARGIN * spent)))
+        # The probe's row times its decoding (`wall_s`); the rest of its time is what every run pays
+        # once (a quantized copy of the weights, say) and the next run pays again. Later problems are
+        # harder (longer answers): PROBE_MARGIN keeps the estimate inside its share.
+        per = min(max(float(probe.get("wall_s") or spent), 1e-4), spent)
+        fit = min(most, int((share - spent - (spent - per)) / (PROBE_MARGIN * per)))
         return self._preview(job, fit) if fit > 1 else probe
 
     def _preview(self, job: Job, problems: int) -> dict[str, Any]:
