@@ -206,7 +206,7 @@ class KVFill:
                 torch.addmm(self.bias[j], n[:m], self.weight[j].t(), out=kv[start : start + m])
             start += m
         k, v = kv.unflatten(-1, (-1, self.head_dim)).chunk(2, dim=1)
-        at = torch.cat([torch.arange(m) for m in counts])  # each flat row's state
+        at = torch.tensor([r for m in counts for r in range(m)])  # each flat row's state
         c, s_ = cos[at, None], sin[at, None]
         return k * c + rotate_half(k) * s_, v  # rotary, as LlamaAttention does
 
