@@ -124,17 +124,21 @@ class FusedSide(Decoder):
     alone's). `as_decoder` uses it wherever `fast_layers` can run the model.
     """
 
-    def __init__(self, hf, layers):
+    def __init__(self, hf, layers, rope: tuple[torch.Tensor, torch.Tensor]):
         super().__init__(hf)
         self.layers = layers
         inner = hf.model
-        self.embed, self.rotary, self.norm, self.head = inner.embed_tokens, inner.rotary_emb, inner.norm, hf.lm_head
+        self.embed, self.norm, self.head = inner.embed_tokens, inner.norm, hf.lm_head
+        self.cos, self.sin = rope  # rotary cos and sin of every position, [context, head dim]
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.t = 0  # cached columns
+        # Every cached column of every row is a real token (no left padding, no hole): positions
+        # are column numbers and attention needs the causal mask only (always so at batch size 1).
+        self.dense = True
 
     def start(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
-        self.keys, self.values, self.t = [], [], 0
+        self.keys, self.values, self.t, self.dense = [], [], 0, True
         self.mask = mask[:, :0].long()
         return self.extend(ids, mask.bool(), last_only=True)[:, -1] if ids.shape[1] else None
 
@@ -157,24 +161,26 @@ class FusedSide(Decoder):
     @torch.inference_mode()  # its fused weights are inference tensors, whoever calls
     def extend(self, tokens: torch.Tensor, valid: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
         b, k = tokens.shape
+        if self.dense and not bool(valid.all()):
+            self.dense = False
         self.mask = torch.cat([self.mask, valid.long()], dim=1)
         t, total = self.t, self.t + k
         h = self.embed(tokens)
-        cos, sin = self.rotary(h, position_ids=positions(self.mask)[:, -k:])
-        cos, sin = cos[:, None], sin[:, None]  # (rows, 1, k, head dim): every head alike
         self._room(b, k, h)
-        # Query i (column t + i) sees the real columns up to its own, and itself always (a pad
-        # position attends to itself only, so it stays finite; no real token reads it).
-        seen = self.mask[:, None, :total].bool()
-        if k > 1 or not bool(seen.all()):
-            causal = torch.ones(k, total, dtype=torch.bool).tril(t)
-            itself = causal & ~torch.ones(k, total, dtype=torch.bool).tril(t - 1)
-            seen = (seen & causal) | itself
-            seen = seen[:, None, None]  # (rows, 1, 1, k, total): broadcast over kv heads and groups
+        # `hidden` (True: not attended): query i (column t + i) sees the real columns up to its
+        # own, and itself always (a pad position attends to itself only, so it stays finite; no
+        # real token reads it).
+        if self.dense:
+            cos, sin = self.cos[t:total], self.sin[t:total]  # (k, head dim): every row and head alike
+            hidden = torch.ones(k, total, dtype=torch.bool).triu(t + 1) if k > 1 else None
         else:
-            seen = None
+            pos = positions(self.mask)[:, -k:]
+            cos, sin = self.cos[pos][:, None], self.sin[pos][:, None]  # (rows, 1, k, head dim)
+            later = torch.ones(k, total, dtype=torch.bool).triu(t + 1)
+            itself = torch.ones(k, total, dtype=torch.bool).tril(t) & ~torch.ones(k, total, dtype=torch.bool).tril(t - 1)
+            hidden = ((~self.mask[:, None, :total].bool() | later) & ~itself)[:, None, None]  # (rows, 1, 1, k, total)
         for i, layer in enumerate(self.layers):
-            h = fused_layer(layer, h, cos, sin, seen, self.keys[i], self.values[i], t)
+            h = fused_layer(layer, h, cos, sin, hidden, self.keys[i], self.values[i], t)
         self.t = total
         if last_only:
             h = h[:, -1:]
@@ -182,12 +188,18 @@ class FusedSide(Decoder):
 
     @torch.inference_mode()
     def keep(self, kept: torch.Tensor) -> None:
+        """As `Decoder.keep`, for a `kept` that is a prefix of each row's columns (the loop's)."""
         k = kept.shape[1]
         if k == 0:
             return
-        self.mask[:, -k:] *= kept.long()
-        used = kept.any(0).nonzero()
-        drop = k - (int(used.max()) + 1 if used.numel() else 0)
+        if self.dense and kept.shape[0] == 1:  # one row: the rest is cropped, never a hole
+            drop = k - int(kept.sum())
+        else:
+            self.mask[:, -k:] *= kept.long()
+            used = kept.any(0).nonzero()
+            drop = k - (int(used.max()) + 1 if used.numel() else 0)
+            if self.dense and k > drop and not bool(kept[:, : k - drop].all()):
+                self.dense = False  # a row kept fewer columns than another: a hole
         if drop:
             self.t -= drop
             self.mask = self.mask[:, :-drop]
@@ -202,8 +214,11 @@ class FusedSide(Decoder):
         return self.t
 
 
-def fused_layer(layer, h, cos, sin, seen, keys, values, t: int) -> torch.Tensor:
-    """One decoder layer (a `FastLayer`'s weights) on k new positions per row; writes their K/V at t."""
+def fused_layer(layer, h, cos, sin, hidden, keys, values, t: int) -> torch.Tensor:
+    """One decoder layer (a `FastLayer`'s weights) on k new positions per row; writes their K/V at t.
+
+    `hidden`: True where a query must not see a key, broadcast to (rows, kv heads, group, k,
+    columns); None: every query sees every column."""
     b, k, _ = h.shape
     hd, kvh = layer.head_dim, layer.kv_heads
     qkv = layer.project_qkv(rms_norm(h, layer.norm1, layer.eps1))
@@ -217,15 +232,15 @@ def fused_layer(layer, h, cos, sin, seen, keys, values, t: int) -> torch.Tensor:
     # Grouped-query heads attend as (kv heads, group) without repeating the keys.
     q = q.reshape(b, kvh, group * k, hd)
     scores = torch.matmul(q, keys[:, :, :total].transpose(-1, -2)) * layer.scaling
-    if seen is not None:
-        scores = scores.view(b, kvh, group, k, total).masked_fill(~seen, float("-inf"))
+    if hidden is not None:
+        scores = scores.view(b, kvh, group, k, total).masked_fill(hidden, float("-inf"))
     o = torch.matmul(scores.softmax(-1).view(b, kvh, group * k, total), values[:, :, :total])
     o = o.view(b, layer.heads, k, hd).transpose(1, 2).reshape(b, k, layer.heads * hd)
     h = h + layer.out(o)
     return h + layer.mlp(rms_norm(h, layer.norm2, layer.eps2))
 
 
-# Fused layers per model, built once (None: transformers' layers must run it).
+# Fused layers and rotary tables per model, built once (None: transformers' layers must run it).
 _LAYERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -233,14 +248,22 @@ def fused_side(hf) -> FusedSide | None:
     """A fresh `FusedSide` for `hf`, or None where `fast_layers` cannot run it."""
     if hf not in _LAYERS:
         try:
-            # Plain Linears fused (Q/K/V and gate/up one matmul each); other kernels called as modules.
             with torch.inference_mode():
-                _LAYERS[hf] = (fast_layers(hf) or fast_layers(hf, modules=True)) if hasattr(
+                # Plain Linears fused (Q/K/V and gate/up one matmul each); other kernels called as modules.
+                layers = (fast_layers(hf) or fast_layers(hf, modules=True)) if hasattr(
                     hf, "model") and hasattr(hf, "lm_head") else None
+                rope = None
+                if layers is not None:
+                    n = getattr(hf.config, "max_position_embeddings", 2048)
+                    like = hf.model.embed_tokens.weight[:1, None]
+                    cos, sin = hf.model.rotary_emb(like, position_ids=torch.arange(n)[None])
+                    rope = (cos[0], sin[0])
+                _LAYERS[hf] = None if layers is None else (layers, rope)
         except (AttributeError, TypeError):
             _LAYERS[hf] = None
-    layers = _LAYERS[hf]
-    return None if layers is None else FusedSide(hf, layers)
+    built = _LAYERS[hf]
+    return None if built is None else FusedSide(hf, *built)
+
 
 
 class Draft:
@@ -558,12 +581,31 @@ def as_decoder(side) -> Decoder:
     return fused_side(hf) or Decoder(hf)
 
 
+# Target models and the draft models already checked against each other: comparing two
+# vocabularies costs more than a round of decoding, and a benchmark calls the loop per prompt.
+# Per target model: weak references to (draft model, target tokenizer, draft tokenizer) passed.
+_CHECKED: "weakref.WeakKeyDictionary[torch.nn.Module, list]" = weakref.WeakKeyDictionary()
+
+
+def _ref(x):
+    return weakref.ref(x) if x is not None else (lambda: None)
+
+
 def check_pair(target, draft) -> None:
     """Refuse, with a reason, a draft that cannot speed up this target losslessly."""
     if isinstance(draft, Draft) and not isinstance(draft, ModelDraft):
         return  # model-free: it proposes the target's own token ids
     if isinstance(draft, ModelDraft):
         draft = draft.decoder
+    t_hf, d_hf = as_decoder(target).hf, as_decoder(draft).hf
+    key = (d_hf, getattr(target, "tokenizer", None), getattr(draft, "tokenizer", None))
+    if any(all(r() is x for r, x in zip(refs, key)) for refs in _CHECKED.get(t_hf, ())):
+        return
+    check_models(target, draft)
+    _CHECKED.setdefault(t_hf, []).append(tuple(_ref(x) for x in key))
+
+
+def check_models(target, draft) -> None:
     tv, dv = vocab_of(target), vocab_of(draft)
     if tv is not None and dv is not None and tv != dv:
         differ = len(set(tv.items()) ^ set(dv.items()))
@@ -676,7 +718,7 @@ def speculative_generate(target, draft, input_ids, *, draft_len: int, temperatur
         tgt.keep(torch.arange(g + 1)[None] <= n[:, None])
         drf.update(drafts, n, nxt)
         t_next, t_valid = nxt[:, None], torch.ones(live, 1, dtype=torch.bool)
-        lp = torch.log_softmax(logits / (temperature or 1.0), -1)
+        lp = torch.log_softmax(logits / temperature if temperature else logits, -1)
         if trace is not None:
             trace.extend(rounds(rows, drafts, n, lens, nxt, eos))
         done = emit(out, logp, rows, drafts, n, nxt, lp, eos, max_new_tokens, stats)
@@ -685,6 +727,32 @@ def speculative_generate(target, draft, input_ids, *, draft_len: int, temperatur
     tok = getattr(target, "tokenizer", None)
     texts = tok.batch_decode(tokens, skip_special_tokens=True) if tok is not None else []
     return Speculation(tokens, texts, logp, stats.tokens, stats.steps, stats, trace)
+
+
+@torch.inference_mode()
+def decode_alone(target, input_ids, *, max_new_tokens: int, attention_mask=None) -> list[list[int]]:
+    """Greedy tokens of the target alone, one token per call through the same `Decoder` the
+    speculative loop verifies with (`as_decoder`): the baseline in the unit its costs are measured in
+    (`measure_costs`), so measured and predicted speed-ups compare like with like."""
+    tgt = as_decoder(target)
+    ids, mask = as_batch(input_ids, attention_mask)
+    eos = eos_of(target)
+    nxt = tgt.start(ids, mask).argmax(-1)
+    out = [[] for _ in range(ids.shape[0])]
+    rows, one = torch.arange(ids.shape[0]), torch.ones(ids.shape[0], 1, dtype=torch.bool)
+    for step in range(max_new_tokens):
+        done = []
+        for i, (r, t) in enumerate(zip(rows.tolist(), nxt.tolist())):
+            out[r].append(t)
+            done.append(t == eos or len(out[r]) >= max_new_tokens)
+        if all(done):
+            break
+        if any(done):
+            keep = torch.tensor([not d for d in done]).nonzero()[:, 0]
+            tgt.select(keep)
+            rows, nxt, one = rows[keep], nxt[keep], one[keep]
+        nxt = tgt.extend(nxt[:, None], one, last_only=True)[:, -1].argmax(-1)
+    return [strip_eos(r, eos) for r in out]
 
 
 def drop_done(done, rows, pending, tgt: Decoder, drf: Draft):
@@ -701,6 +769,8 @@ def drop_done(done, rows, pending, tgt: Decoder, drf: Draft):
 def propose(drf: Decoder, x, valid, cap, temperature, adaptive, eos, generator, stats: SpecStats):
     """Draft up to cap[i] tokens for row i: (drafts [b, g], draft distributions, proposals per row)."""
     b = x.shape[0]
+    if b == 1 and not temperature and adaptive is None:
+        return propose_one(drf, x, valid, int(cap[0]), eos, stats)
     drafts: list[torch.Tensor] = []
     qs: list[torch.Tensor] = []
     going, sure = cap > 0, torch.ones(b)
@@ -730,6 +800,21 @@ def propose(drf: Decoder, x, valid, cap, temperature, adaptive, eos, generator, 
             going &= sure >= adaptive
         x, valid = d[:, None], one
     return (torch.stack(drafts, 1) if drafts else torch.empty(b, 0, dtype=torch.long)), qs, lens
+
+
+def propose_one(drf: Decoder, x, valid, cap: int, eos: int, stats: SpecStats):
+    """`propose` for one row, greedy, fixed length: the same proposals, with Python integers
+    between the draft's calls instead of a handful of small tensor operations per proposal."""
+    out: list[int] = []
+    for _ in range(cap):
+        d = int(drf.extend(x, valid, last_only=True)[0, -1].argmax())
+        stats.draft_calls += 1
+        stats.draft_positions += x.shape[1]
+        out.append(d)
+        if d == eos:
+            break
+        x, valid = torch.tensor([[d]]), torch.ones(1, 1, dtype=torch.bool)
+    return torch.tensor([out], dtype=torch.long).reshape(1, len(out)), [], torch.tensor([len(out)])
 
 
 def verify(logits, drafts, qs, lens, temperature, generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,7 +9,8 @@ import explorer as ex
 from explorer import tasks as T
 from explorer.generate import encode, generate
 from explorer.layerwise import first_layers
-from explorer.speculative import Decoder, FusedSide, as_decoder, fused_side, predicted_speedup, speculative_generate
+from explorer.speculative import (Decoder, FusedSide, as_decoder, decode_alone, fused_side, predicted_speedup,
+                                  speculative_generate)
 
 SIGNIFICANCE = 1e-3  # a correct sampler fails one seed in a thousand; the seeds below are fixed
 
@@ -172,15 +173,16 @@ def test_sampling_is_seeded(target, draft):
 # --- the KV cache is rolled back exactly ----------------------------------------------------------
 
 @pytest.mark.parametrize("kind", ["transformers", "fused"])
-def test_rolled_back_cache_equals_a_fresh_forward(target, kind):
-    ids = target.tokenizer(["1234", "7"], return_tensors="pt", padding=True)
+@pytest.mark.parametrize("second", ["7", "5678"])  # a padded batch; one without padding until a hole
+def test_rolled_back_cache_equals_a_fresh_forward(target, kind, second):
+    ids = target.tokenizer(["1234", second], return_tensors="pt", padding=True)
     side = Decoder(target.hf) if kind == "transformers" else fused_side(target.hf)
     side.start(ids["input_ids"], ids["attention_mask"])
     side.extend(torch.tensor([[5, 6, 7, 8], [9, 10, 11, 12]]), torch.ones(2, 4, dtype=torch.bool))
     side.keep(torch.tensor([[True, True, False, False], [True, False, False, False]]))
     assert side.length() == ids["input_ids"].shape[1] + 2  # the column no row kept is cropped
     logits = side.extend(torch.tensor([[20], [21]]), torch.ones(2, 1, dtype=torch.bool))[:, -1]
-    for row, (prompt, kept) in enumerate([("1234", [5, 6]), ("7", [9])]):
+    for row, (prompt, kept) in enumerate([("1234", [5, 6]), (second, [9])]):
         full = target.tokenizer(prompt, return_tensors="pt")["input_ids"][0].tolist() + kept + [20 + row]
         fresh = target.hf(input_ids=torch.tensor([full])).logits[0, -1]
         assert torch.allclose(logits[row], fresh, atol=1e-4)
@@ -352,3 +354,10 @@ def test_run_row_puts_measured_beside_predicted_speedup(target):
     # Speculation spends more arithmetic per token than the target alone (that is its trade).
     assert row["flops_per_token_analytic"] > row["flops_per_token_analytic_target_alone"]
     assert len(row["acceptance_by_position"]) == 3
+
+
+def test_the_target_alone_through_the_loops_own_layers_is_the_target_alone(target):
+    prompts = prompts_of(5, seed=4)
+    want = generate(target.hf, target.tokenizer, prompts, max_new_tokens=10).tokens
+    enc = encode(target.tokenizer, prompts, 200)
+    assert decode_alone(target, enc, max_new_tokens=10) == want
