@@ -569,9 +569,11 @@ class FusedDecoder:
     Called like the transformers model by the shared loop (`explorer.generate.generate`):
     the prompt runs through the model itself (its prefill is one batched call
     whatever the layers); each later position runs the fused layers, so a
-    decode step pays no module dispatch beyond the projections. Greedy output
-    equals the model's own (tested). Quantized kernels' Linears are called as
-    modules. `fused_decoder(hf)` returns None for a model it cannot run.
+    decode step pays no module dispatch beyond the projections. It is the path
+    rows decode through (`explorer.generate.decoder`). Quantized kernels' Linears
+    are called as modules, and then logits equal the model's own bit for bit;
+    with fused plain weights they agree to rounding (tests/test_fused.py).
+    `fused_decoder(hf)` returns None for a model it cannot run.
     """
 
     decode_path = "fused"  # what `explorer.generate` records for rows decoded through it
@@ -608,20 +610,37 @@ class FusedDecoder:
 FUSED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 
 
+# Fused Q/K/V and gate/up weights are copies (the model's own stay as they are): worth it where per-operation
+# overhead dominates, on small models, and not the memory on large ones, where the matmuls dominate.
+FUSE_MAX_PARAMS = 50_000_000
+# Per model: (what its parameters were when built, its fused layers). Weak keys: a model dropped is forgotten.
+_FUSED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def fused_decoder(hf) -> FusedDecoder | None:
-    """The fused decode path for this model, or None (not a plain Llama stack)."""
+    """The fused decode path for this model, or None (not a plain Llama stack).
+
+    Plain Linear projections of a model up to FUSE_MAX_PARAMS run as one Q/K/V and one gate/up
+    matmul over concatenated weights (built once per model, rebuilt if a parameter is replaced or
+    changed in place); anything else (a quantized kernel's Linear, a large model) calls each
+    projection as the model's own module. Attention is SDPA called as transformers calls it.
+    """
     if getattr(hf.config, "model_type", None) not in FUSED_MODEL_TYPES:
         return None
     try:
         check_supported(hf)
     except ValueError:
         return None
-    layers = fast_layers(hf, modules=True)
-    if layers is None:
-        return None
-    for layer in layers:  # SDPA called as transformers calls it: logits bit for bit the model's own
-        layer.sdpa = True
-    return FusedDecoder(hf, layers)
+    params = list(hf.model.layers.parameters())
+    state = tuple((id(p), p._version) for p in params)
+    built = _FUSED.get(hf)
+    if built is None or built[0] != state:
+        small = sum(p.numel() for p in params) <= FUSE_MAX_PARAMS
+        layers = (fast_layers(hf) if small else None) or fast_layers(hf, modules=True)
+        for layer in layers or ():
+            layer.sdpa = True
+        built = _FUSED[hf] = (state, layers)
+    return None if built[1] is None else FusedDecoder(hf, built[1])
 
 
 def agree(logits, top, streak) -> tuple[torch.Tensor, torch.Tensor]:

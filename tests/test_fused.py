@@ -3,6 +3,7 @@ import copy
 import dataclasses
 
 import pytest
+import torch
 
 import explorer as ex
 from explorer import quant_kernels as K
@@ -22,7 +23,7 @@ def test_fused_greedy_decoding_equals_the_model(zoo_models):
     a = generate(model.hf, model.tokenizer, prompts(), max_new_tokens=40, path="transformers")  # past 32 spare columns
     b = generate(fused, model.tokenizer, prompts(), max_new_tokens=40)
     assert a.tokens == b.tokens and a.tokens_generated == b.tokens_generated
-    assert b.logprobs == a.logprobs
+    assert b.logprobs == pytest.approx(a.logprobs, abs=tolerance(model.hf), rel=0)
 
 
 @pytest.mark.parametrize("quantize", [ex.Quantize(bits=8), ex.Quantize(bits=4, group_size=32)])
@@ -34,8 +35,7 @@ def test_fused_decoding_calls_a_quantized_kernels_linears(zoo_models, quantize):
     assert fused is not None and fused.layers[0].modules is not None
     a = generate(q.hf, q.tokenizer, prompts(), max_new_tokens=12, path="transformers")
     b = generate(fused, q.tokenizer, prompts(), max_new_tokens=12)
-    assert a.tokens == b.tokens
-    assert b.logprobs == pytest.approx(a.logprobs, abs=1e-3)
+    assert a.tokens == b.tokens and b.logprobs == a.logprobs  # module calls: bit for bit
     assert K is not None
 
 
@@ -54,9 +54,14 @@ def variants(zoo_models):
     return out
 
 
-# The fused path calls SDPA as transformers' sdpa attention does and every projection as the model's own
-# module, so its logits are the transformers forward's bit for bit (checked at 0 tolerance below; the
-# int8/int4 kernels round activations to bfloat16, which would amplify any rounding difference upstream).
+# Logits tolerance, fused against transformers. With a quantized kernel's Linears (called as modules)
+# the fused path is the transformers forward bit for bit: SDPA is called as transformers' sdpa attention
+# calls it, and exactness matters there, because the int8/int4 kernels round activations to bfloat16,
+# which amplifies any rounding difference upstream into different tokens (it did on SmolLM2 with
+# attention written out). With plain Linears the fused Q/K/V and gate/up matmuls may sum in another
+# order: summed log-probabilities of whole sequences then agree to 1e-4 nats (seen: 5e-7).
+def tolerance(hf) -> float:
+    return 0.0 if fused_decoder(hf).layers[0].modules is not None else 1e-4
 
 
 @pytest.mark.parametrize("name", ["zoo-m", "zoo-s", "ffn0.5", "heads0.5", "int8", "int4", "dyn8", "bf16", "sim4"])
@@ -66,7 +71,7 @@ def test_auto_path_is_fused_and_token_identical_to_transformers_greedy(zoo_model
     ref = generate(model.hf, model.tokenizer, prompts(), max_new_tokens=40, path="transformers")
     assert auto.decode_path == "fused" and ref.decode_path == "transformers"
     assert auto.tokens == ref.tokens and auto.tokens_generated == ref.tokens_generated
-    assert auto.logprobs == ref.logprobs
+    assert auto.logprobs == pytest.approx(ref.logprobs, abs=tolerance(model.hf), rel=0)
     one = generate(model.hf, model.tokenizer, prompts()[:1], max_new_tokens=20)  # batch 1, no padding
     assert one.tokens[0] == generate(model.hf, model.tokenizer, prompts()[:1], max_new_tokens=20,
                                      path="transformers").tokens[0]
@@ -81,7 +86,8 @@ def test_sampled_outputs_are_identical_for_the_same_seeds(zoo_models, name):
     ref = generate(model.hf, model.tokenizer, prompts(), generator=samplers(seeds), path="transformers", **kw)
     again = generate(model.hf, model.tokenizer, prompts(), generator=samplers(seeds), **kw)
     assert auto.tokens == ref.tokens == again.tokens
-    assert auto.logprobs == again.logprobs == ref.logprobs  # bit for bit
+    assert auto.logprobs == again.logprobs  # the same path twice: bit for bit
+    assert auto.logprobs == pytest.approx(ref.logprobs, abs=tolerance(model.hf), rel=0)
 
 
 def test_smollm2_decodes_fused_bit_for_bit():
@@ -94,7 +100,8 @@ def test_smollm2_decodes_fused_bit_for_bit():
     for m in (model, ex.Quantize(bits=4, group_size=32).apply(model)):
         auto = generate(m.hf, m.tokenizer, chats, max_new_tokens=16)
         ref = generate(m.hf, m.tokenizer, chats, max_new_tokens=16, path="transformers")
-        assert auto.decode_path == "fused" and auto.tokens == ref.tokens and auto.logprobs == ref.logprobs
+        assert auto.decode_path == "fused" and auto.tokens == ref.tokens
+        assert auto.logprobs == pytest.approx(ref.logprobs, abs=tolerance(m.hf), rel=0)
 
 
 def test_no_stop_at_eos_decodes_every_step(zoo_models):
@@ -138,3 +145,19 @@ def eager_attention(model):
     hf.config._attn_implementation = "eager"
     facts = dataclasses.replace(model.facts, name=model.name + "-eager", revision=model.facts.revision + "-eager")
     return ex.models.Model(hf, model.tokenizer, facts)
+
+
+def test_fused_weights_follow_the_models_own_when_they_change(zoo_models):
+    model = zoo_models["zoo-s"]
+    hf = copy.deepcopy(model.hf)
+    first = generate(hf, model.tokenizer, prompts(), max_new_tokens=10)
+    assert fused_decoder(hf).layers[0].modules is None  # plain Linears of a small model: concatenated copies
+    with torch.no_grad():
+        hf.model.layers[0].mlp.gate_proj.weight.mul_(-1.0)  # in place
+    changed = generate(hf, model.tokenizer, prompts(), max_new_tokens=10)
+    assert changed.logprobs != first.logprobs
+    assert changed.tokens == generate(hf, model.tokenizer, prompts(), max_new_tokens=10, path="transformers").tokens
+    hf.model.layers[1].self_attn.q_proj.weight = torch.nn.Parameter(torch.zeros_like(hf.model.layers[1].self_attn.q_proj.weight))
+    replaced = generate(hf, model.tokenizer, prompts(), max_new_tokens=10)
+    assert replaced.logprobs == pytest.approx(generate(hf, model.tokenizer, prompts(), max_new_tokens=10,
+                                                       path="transformers").logprobs, abs=1e-4, rel=0)
