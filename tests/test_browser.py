@@ -1,5 +1,4 @@
 """The lab in a real JupyterLab, in a real browser: render, move a slider, see the chart change."""
-import os
 import re
 import sys
 import time
@@ -196,15 +195,47 @@ def symbol_fills(page, chart) -> dict[str, set[str]]:
     return out
 
 
+BUDGET_CELL = """\
+import explorer as ex
+from widgets.budget_explorer import BudgetExplorer
+rows = ex.sweep(["zoo-xs", "zoo-s"], "sort", [ex.Baseline(), ex.Sampling(n=4)], n=16, progress=False)
+BudgetExplorer(rows, task="sort", reference="zoo-s")"""
+VIEWPORT = {"width": 1400, "height": 900}
+
+
+def fits(box, what) -> None:
+    """`box` (a bounding box in CSS px) lies wholly inside the 1400x900 viewport."""
+    assert box is not None, f"{what}: not rendered"
+    assert box["x"] >= 0 and box["x"] + box["width"] <= VIEWPORT["width"], (what, box)
+    assert box["y"] >= 0 and box["y"] + box["height"] <= VIEWPORT["height"], (what, box)
+
+
+def chart_and_legends_fit(page, embed, what: str) -> list[dict]:
+    """Scroll the chart into view as a reader would; then it and each of its legends (Vega's
+    role-legend groups: every entry, title and symbol) lie inside the viewport. Returns the boxes."""
+    embed.scroll_into_view_if_needed()
+    time.sleep(1)
+    boxes = [embed.bounding_box()]
+    fits(boxes[0], f"{what} chart")
+    legends = embed.locator("svg g.role-legend")
+    assert legends.count() >= 2, f"{what}: {legends.count()} legends (model colour and technique shape expected)"
+    for i in range(legends.count()):
+        boxes.append(legends.nth(i).bounding_box())
+        fits(boxes[-1], f"{what} legend {i}")
+    print(f"{what}: chart and legend boxes at 1400x900 {[{k: round(v) for k, v in b.items()} for b in boxes]}")
+    return boxes
+
+
 def test_a_teachers_path_budget_stays_colours_agree_and_the_chart_fits_beside_the_sidebar(tmp_path):
-    """At 1400x900 with JupyterLab's file browser open: the lab's chart lies inside the window; a budget
+    """At 1400x900 with JupyterLab's file browser open: the lab's chart and its legends lie inside the
+    window, and so do the budget explorer's; neither chart moves when its card's text changes; a budget
     the user set survives a model removed and re-added and a task change; a model has one colour in the
-    lab's chart and in the CLI's chart."""
+    lab's chart, the CLI's chart and the budget explorer's."""
     root = tmp_path / "root"
     root.mkdir()
-    notebook(root / "teach.ipynb", GRAMMAR_CELLS)
+    notebook(root / "teach.ipynb", [*GRAMMAR_CELLS, BUDGET_CELL])
     with jh.jupyter_lab(root, tmp_path) as url, jh.browser() as page:
-        page.set_viewport_size({"width": 1400, "height": 900})
+        page.set_viewport_size(VIEWPORT)
         page.goto(f"{url}/lab/tree/teach.ipynb?reset", timeout=120_000)
         jh.restart_and_run_all(page)
         lab = LabPage(page)
@@ -214,25 +245,38 @@ def test_a_teachers_path_budget_stays_colours_agree_and_the_chart_fits_beside_th
         if not page.locator("#filebrowser").is_visible():
             page.keyboard.press("Control+Shift+F")
         wait_for(page, lambda: page.locator("#filebrowser").is_visible(), 30, "the file browser")
-        embed = page.locator(".tx-lab .vega-embed").first
-        embed.scroll_into_view_if_needed()
-        time.sleep(1)
-        box = embed.bounding_box()
-        assert box and box["x"] >= 0 and box["x"] + box["width"] <= 1400, box
-        assert box["y"] >= 0 and box["y"] + box["height"] <= 900, box
+        chart_and_legends_fit(page, page.locator(".tx-lab .vega-embed").first, "lab, file browser open")
         jh.shot(page, "teach-sidebar-open")
 
-        # One colour per model, in both charts.
+        # One colour per model, in the lab's chart, the CLI's and the budget explorer's.
         charts = page.locator(".vega-embed")
         page.locator(".jp-Cell").last.scroll_into_view_if_needed()
-        errors = page.locator(".jp-Cell").last.locator("[data-mime-type='application/vnd.jupyter.stderr']")
-        wait_for(page, lambda: charts.count() >= 2 or errors.count() > 0, 120, "the CLI chart under the lab")
+        errors = page.locator(".jp-Cell [data-mime-type='application/vnd.jupyter.stderr']")
+        wait_for(page, lambda: charts.count() >= 3 or errors.count() > 0, 240, "the CLI chart and the budget explorer")
         assert errors.count() == 0, errors.first.inner_text()[-2000:]
-        lab_fills, cli_fills = symbol_fills(page, charts.nth(0)), symbol_fills(page, charts.nth(charts.count() - 1))
+        fills = [symbol_fills(page, charts.nth(i)) for i in range(3)]
         for model, colour in PALETTE.items():
-            assert lab_fills.get(model) == {colour} and cli_fills.get(model) == {colour}, (lab_fills, cli_fills)
+            assert all(f.get(model) == {colour} for f in fills), fills
+
+        # The budget explorer beside the file browser: chart and legends inside the window, and the chart
+        # stays put when a budget move changes the card's text.
+        app = page.locator(".tx-budget-app").first
+        embed = app.locator(".vega-embed").first
+        before = chart_and_legends_fit(page, embed, "budget explorer, file browser open")[0]
+        card = app.locator(".budget-card").first.inner_text()
+        app.locator(".widget-hslider:has(label:text-is('budget')) .noUi-handle").first.focus()
+        for _ in range(12):
+            page.keyboard.press("ArrowLeft")
+        wait_for(page, lambda: app.locator(".budget-card").first.inner_text() != card, 60, "the budget card to change")
+        time.sleep(1)
+        after = embed.bounding_box()
+        assert abs(after["x"] - before["x"]) < 1 and abs(after["y"] - before["y"]) < 1, (before, after)
+        jh.shot(page, "teach-budget-explorer")
 
         # The user sets a budget; it stays through a model removed and re-added and a task change.
+        lab_chart = page.locator(".tx-lab .vega-embed").first
+        lab_chart.scroll_into_view_if_needed()
+        box, card = lab_chart.bounding_box(), lab.card()
         handle = lab.slider("budget").locator(".noUi-handle").first
         handle.focus()
         for _ in range(30):
@@ -240,6 +284,8 @@ def test_a_teachers_path_budget_stays_colours_agree_and_the_chart_fits_beside_th
         wait_for(page, lambda: "≤" in lab.budget_readout(), 30, "a budget")
         time.sleep(1)
         budget = lab.budget_readout()
+        moved = lab_chart.bounding_box()  # the card's text changed; the chart did not move
+        assert lab.card() != card and abs(moved["x"] - box["x"]) < 1 and abs(moved["y"] - box["y"]) < 1, (box, moved)
         models = page.locator(".tx-lab .widget-select-multiple:has(label:text-is('models')) select").first
         models.select_option(["zoo-s"])
         wait_for(page, lambda: jh.symbol_count(page) == 2, 120, "one model")
@@ -254,28 +300,43 @@ def test_a_teachers_path_budget_stays_colours_agree_and_the_chart_fits_beside_th
         jh.shot(page, "teach-after-task-change")
 
 
-def test_voila_first_screen_is_the_explorer(tmp_path):
-    """The app page: a title, one sentence, the controls, the card and the chart on the first screen
-    (1400x900); no code, no progress bar once idle, no editing prompt."""
-    argv = [sys.executable, "-m", "voila", "notebooks/app/explorer.ipynb", "--no-browser", "--Voila.ip=127.0.0.1"]
-    env_store = tmp_path / "store"
-    os.environ["EXPLORER_STORE"] = str(env_store)
-    try:
-        with jh.server(argv, ROOT, tmp_path, "/voila/static/voila.js") as url, jh.browser() as page:
-            page.set_viewport_size({"width": 1400, "height": 900})
-            page.goto(url + "/", timeout=240_000)
-            page.wait_for_selector(".tx-lab .vega-embed svg", timeout=240_000)
+APPS = {  # app page -> its title, the widget's root, the card, a control, code that must not show
+    "explorer": ("The Trade-off Explorer", ".tx-lab", ".tx-card", ".widget-dropdown", "Lab(ex.Store()"),
+    "budget": ("What does a compute budget buy?", ".tx-budget-app", ".budget-card", ".widget-hslider",
+               "BudgetExplorer(rows"),
+}
+
+
+@pytest.mark.parametrize("app", list(APPS))
+def test_voila_first_screen_is_the_explorer(tmp_path, app):
+    """The app pages: a title, one sentence, the controls, the card and the chart with its legends on the
+    first screen (1400x900, nothing scrolled); no code, no progress bar once idle, no stderr, no editing
+    prompt. The store starts empty: the page makes its runs itself, quietly."""
+    title, root, card, control, code = APPS[app]
+    argv = [sys.executable, "-m", "voila", f"notebooks/app/{app}.ipynb", "--no-browser", "--Voila.ip=127.0.0.1"]
+    with jh.server(argv, ROOT, tmp_path, "/voila/static/voila.js") as url, jh.browser() as page:
+        page.set_viewport_size(VIEWPORT)
+        page.goto(url + "/", timeout=600_000)
+        page.wait_for_selector(f"{root} .vega-embed svg", timeout=600_000)
+        if app == "explorer":
             wait_for(page, lambda: "new runs" in page.locator(".tx-lab .tx-status").inner_text()
                      or "all in the store" in page.locator(".tx-lab .tx-status").inner_text(), 300, "the app's runs")
-            time.sleep(1)
-            jh.shot(page, "voila-app-first-screen")
-            text = page.inner_text("body")
-            assert "The Trade-off Explorer" in text and "double-click" not in text.lower()
-            assert "import torch" not in text and "Lab(ex.Store()" not in text  # no code shown
-            assert all(not e.is_visible() for e in page.locator(".jp-InputArea-editor, .cm-editor").all())
-            for sel in (".tx-lab .vega-embed svg", ".tx-lab .tx-card", ".tx-lab .widget-dropdown"):
-                box = page.locator(sel).first.bounding_box()
-                assert box and box["y"] + min(box["height"], 100) <= 900 and box["x"] + box["width"] <= 1400, (sel, box)
-            assert all(not p.is_visible() for p in page.locator(".widget-progress").all())
-    finally:
-        os.environ.pop("EXPLORER_STORE", None)
+        time.sleep(1)
+        jh.shot(page, f"voila-{app}-first-screen")
+        text = page.inner_text("body")
+        assert title in text and "double-click" not in text.lower(), text[:500]
+        assert "import torch" not in text and code not in text  # no code shown
+        assert all(not e.is_visible() for e in page.locator(".jp-InputArea-editor, .cm-editor").all())
+        assert page.evaluate("window.scrollY") == 0
+        embed = page.locator(f"{root} .vega-embed").first
+        boxes = [embed.bounding_box(), *(g.bounding_box() for g in embed.locator("svg g.role-legend").all())]
+        assert len(boxes) >= 3, boxes  # the chart, the model legend, the technique legend
+        for sel in (f"{root} {card}", f"{root} {control}"):
+            boxes.append(page.locator(sel).first.bounding_box())
+        for what, box in zip(["chart", "legend", "legend", "card", "control"], boxes[:1] + boxes[1:3] + boxes[-2:]):
+            fits(box, f"{app} {what}")
+        print(f"voila {app}: chart, legends, card, control at 1400x900 "
+              f"{[{k: round(v) for k, v in b.items()} for b in boxes]}")
+        assert all(not p.is_visible() for p in page.locator(".widget-progress, .progress").all())
+        stderr = page.locator("[data-mime-type='application/vnd.jupyter.stderr']")
+        assert stderr.count() == 0, stderr.first.inner_text()[-2000:]

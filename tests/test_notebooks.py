@@ -29,6 +29,8 @@ NAMES = ["tour", "quantization", "early_exit", "speculative", "sampling", "budge
 # Lessons beyond the six trade-offs (issue 18): same conventions, no Hugging Face pair cell (an optional
 # real-model part, if any, prints its own skip note).
 LESSONS = ["memory_bound", "kbit_scaling", "pruning", "test_time_allocation", "eval_variance", "real_model"]
+# The Voila app pages (notebooks/app/): no claims, only the explorer; opened in JupyterLab too.
+APPS = ["app/explorer", "app/budget"]
 CLAIM = re.compile(r"^CLAIM (?P<name>.+?): (?P<verdict>SHOWN|NOT SHOWN) \| (?P<numbers>.+)$", re.M)
 RAN = re.compile(r"this notebook ran in (?P<wall>\d+) s \((?P<cpu>\d+) s of CPU in this kernel\)")
 HUB_SKIPPED = "Skipped the Hugging Face pair"
@@ -97,11 +99,28 @@ def code_cells(nb) -> list[str]:
 
 # -- fast: what is committed --------------------------------------------------------------
 
-def test_the_workshop_has_a_tour_and_one_notebook_per_trade_off():
-    assert sorted(p.stem for p in NOTEBOOKS.glob("*.ipynb")) == sorted(NAMES + LESSONS)
+def test_every_notebook_is_under_the_workshop_checks():
+    """A new notebook in notebooks/ or notebooks/app/ must be named here, so the checks below reach it."""
+    found = {str(p.relative_to(NOTEBOOKS).with_suffix("")) for p in NOTEBOOKS.rglob("*.ipynb")
+             if ".ipynb_checkpoints" not in p.parts}
+    assert found == set(NAMES + LESSONS + APPS), found ^ set(NAMES + LESSONS + APPS)
 
 
-@pytest.mark.parametrize("name", NAMES + LESSONS)
+def test_the_budget_app_page_reads_the_budget_notebooks_runs():
+    """notebooks/app/budget.ipynb shows the budget notebook's explorer over the same sweep (so, after the
+    notebook, the page runs nothing): the same task, n, models and techniques, with progress bars off."""
+    def grid(name):
+        lines = [line.strip() for c in code_cells(read(name)) for line in c.splitlines()]
+        return [re.sub(r",\s*progress=False", "", line) for line in lines if "ex.sweep(" in line
+                or line.startswith(("TASK, N =", "SMALL ="))]
+
+    app = [line for c in code_cells(read("app/budget")) for line in c.splitlines() if "ex.sweep(" in line]
+    assert grid("app/budget") == grid("budget") and len(app) == 3, (grid("app/budget"), grid("budget"))
+    assert all("progress=False" in line for line in app)
+    assert all(any("BudgetExplorer(rows, task=TASK" in c for c in code_cells(read(n))) for n in ("budget", "app/budget"))
+
+
+@pytest.mark.parametrize("name", NAMES + LESSONS + APPS)
 def test_notebooks_are_committed_without_outputs(name):
     for cell in read(name).cells:
         if cell.cell_type == "code":
@@ -117,10 +136,10 @@ def test_each_notebook_runs_on_one_thread_states_its_claim_and_asks_for_a_predic
     assert "**Predict before you run.**" in text, name
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + LESSONS)
 def test_claim_lines_wrap_between_words_and_parse_back_whole(name, capsys):
     first = code_cells(read(name))[0]
-    claim_def = first[first.index("def claim"):]
+    claim_def = re.search(r"^def claim\(.*?(?=^\S|\Z)", first, re.M | re.S)[0]  # the function, not what follows
     scope = {}
     exec("import textwrap\n" + claim_def, scope)
     numbers = "zoo-l int4 0.852 [0.78, 0.90] at 1.83 MB vs zoo-m int8 0.781 [0.70, 0.84] at 1.29 MB; " * 3
@@ -133,7 +152,7 @@ def test_claim_lines_wrap_between_words_and_parse_back_whole(name, capsys):
     assert m["verdict"] == "SHOWN" and m["numbers"] == numbers.strip(), out
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", NAMES + LESSONS + APPS)
 def test_notebooks_carry_the_metadata_a_kernel_would_write_so_opening_them_leaves_them_clean(name):
     """JupyterLab writes the kernel's language_info and kernelspec into a notebook when its kernel starts;
     a notebook that lacks them is marked unsaved the moment it opens."""
@@ -203,14 +222,27 @@ def workshop_store(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("workshop-store")
 
 
+def wanted(session) -> list[str]:
+    """The notebooks this session's selected tests ask for (`-k quantization` runs one), in order;
+    every notebook when a test that needs them all (the Voila test reads their store) is selected."""
+    names = set()
+    for item in session.items:
+        if "executed" in getattr(item, "fixturenames", ()):
+            param = getattr(getattr(item, "callspec", None), "params", {}).get("name")
+            if param is None:
+                return NAMES + LESSONS
+            names.add(param)
+    return [n for n in NAMES + LESSONS if n in names]
+
+
 @pytest.fixture(scope="session")
-def executed(workshop_store):
-    """Every notebook, executed once per session, two at a time (one kernel per core)."""
+def executed(workshop_store, request):
+    """The selected notebooks, executed once per session, two at a time (one kernel per core)."""
+    names = wanted(request.session)
     os.environ["EXPLORER_STORE"] = str(workshop_store)  # the kernels inherit it; HF_HUB_OFFLINE is set
     try:
         with ThreadPoolExecutor(max_workers=2) as pool:
-            runs = dict(zip(NAMES + LESSONS, pool.map(lambda n: execute(NOTEBOOKS / f"{n}.ipynb", workshop_store),
-                                                      NAMES + LESSONS)))
+            runs = dict(zip(names, pool.map(lambda n: execute(NOTEBOOKS / f"{n}.ipynb", workshop_store), names)))
     finally:
         os.environ.pop("EXPLORER_STORE", None)
     lines = ["notebook      wall s  kernel CPU s   (two notebooks at a time on this machine)"]
@@ -240,10 +272,11 @@ def test_notebook_runs_and_prints_the_numbers_that_decide_its_claims(executed, n
             assert m["verdict"] == "SHOWN", m.group(0)
     if name in NAMES:
         assert HUB_SKIPPED in out  # offline: the optional cell says so instead of failing or hanging
-        assert all(len(line) <= 100 for line in out.splitlines() if line.startswith(("CLAIM", "    "))), out
-        # Quiet: JupyterLab paints stderr red, so nothing a learner should not read as an error goes there
-        # (no "Loading weights" bars, no sweep chatter; tqdm's bars are widgets in a kernel, not stderr text).
-        assert not re.search(r"Loading weights|sweep:|Warning|Error", stderr(nb)), stderr(nb)[-1000:]
+    # Claim lines wrap between words (the CLAIM regex above parsed them back whole).
+    assert all(len(line) <= 100 for line in out.splitlines() if line.startswith(("CLAIM", "    "))), out
+    # Quiet: JupyterLab paints stderr red, so nothing goes there at all (no "Loading weights" bars, no
+    # sweep chatter, no warnings; tqdm's bars are widgets in a kernel, not stderr text).
+    assert stderr(nb) == "", stderr(nb)[-1000:]
     ran = RAN.search(out)
     assert ran is not None and int(ran["cpu"]) < CPU_GUARD_S, out[-500:]
 
@@ -274,9 +307,9 @@ def test_the_hub_cell_runs_on_a_model_pair_given_as_folders(name, tmp_path):
 
 @pytest.mark.slow
 def test_voila_serves_the_budget_explorer_and_its_slider_moves_the_answer(executed, workshop_store, tmp_path):
-    # The notebooks' runs are in the store: the app page executes the notebook from cached rows.
+    # The notebooks' runs are in the store: the app page reads the budget notebook's rows, runs nothing.
     shutil.copytree(workshop_store, tmp_path / "store")
-    argv = [sys.executable, "-m", "voila", "notebooks/budget.ipynb", "--no-browser", "--Voila.ip=127.0.0.1"]
+    argv = [sys.executable, "-m", "voila", "notebooks/app/budget.ipynb", "--no-browser", "--Voila.ip=127.0.0.1"]
     with jh.server(argv, ROOT, tmp_path, "/voila/static/voila.js") as url, jh.browser() as page:
         page.goto(url + "/", timeout=240_000)
         card = page.locator(".budget-card")
