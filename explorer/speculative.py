@@ -489,6 +489,7 @@ class SpecStats:
 class Speculation(Generation):
     stats: SpecStats = None  # type: ignore[assignment]
     trace: list | None = None  # the rounds of `speculative_generate(trace=...)`, if asked for
+    plan: "LengthPlan | None" = None  # the length plan this batch ran under, if any
 
 
 @dataclass(frozen=True)
@@ -516,6 +517,13 @@ class LengthPlan:
         # The loop's own work per round (rollback, bookkeeping per row) is not in these costs:
         # speculate only where the model promises a clear gain.
         return g if rate(g) >= PLAN_MARGIN else 0
+
+    def describe(self) -> str:
+        """What the row records: the measured costs and the length they give at the prior acceptance."""
+        g = self.best(PRIOR_ALPHA)
+        return (f"{'plain' if g == 0 else f'draft_len {g}'} at acceptance {PRIOR_ALPHA}; draft call "
+                f"{self.cost_ratio:.2f}, verify 1..{len(self.verify)} tokens "
+                + "/".join(f"{v:.2f}" for v in self.verify) + " one-token target calls")
 
 
 # Until a call has judged proposals of its own, the plan assumes this acceptance (the zoo's
@@ -726,7 +734,8 @@ def speculative_generate(target, draft, input_ids, *, draft_len: int, temperatur
     tokens = [strip_eos(r, eos) for r in out]
     tok = getattr(target, "tokenizer", None)
     texts = tok.batch_decode(tokens, skip_special_tokens=True) if tok is not None else []
-    return Speculation(tokens, texts, logp, stats.tokens, stats.steps, stats, trace)
+    return Speculation(tokens, texts, logp, stats.tokens, stats.steps, stats, trace,
+                       decode_path="fused" if isinstance(tgt, FusedSide) else "transformers")
 
 
 @torch.inference_mode()

@@ -126,8 +126,11 @@ def test_a_batch_the_plan_decodes_plainly_gives_the_targets_output_and_says_so(t
     assert out.tokens == alone.tokens and out.tokens_generated == alone.tokens_generated
     cols = technique.columns(target, [out])
     assert cols["spec_mode"] == "plain" and cols["drafted"] == 0 and cols["draft_calls"] == 0
+    assert cols["spec_plan"].startswith("plain at acceptance") and "2.00/3.00/4.00" in cols["spec_plan"]
+    assert out.decode_path == alone.decode_path  # the target alone's own path, not a copy of it
     one = technique.generate(target, prompts[:1], max_new_tokens=8, seed=0)  # batch 1: fixed length, no plan
     assert technique.columns(target, [one])["spec_mode"] == "speculative"
+    assert technique.columns(target, [one])["spec_plan"] is None
 
 
 def test_a_plan_that_changes_its_mind_mid_call_keeps_the_targets_output(target, tiny_model, monkeypatch):

@@ -16,6 +16,7 @@ import functools
 import hashlib
 import statistics
 import weakref
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 
@@ -126,28 +127,40 @@ class Speculative(Technique):
         return rows > 1 and self.temperature == 0 and self.adaptive is None
 
     def length_plan(self, model, draft, enc) -> LengthPlan:
-        """The plan for this batch size, measured on first use (a few calls of each width)."""
-        rows = enc["input_ids"].shape[0]
+        """The plan for this batch size, measured on first use (a few calls of each width) on top
+        of `enc` (a tokenizer's output, or the prompts), then kept for this process and this target.
+
+        The plan decides how a greedy batch decodes, never what it emits (the output is the
+        target's either way, tested); it does decide the row's counts (calls, acceptance,
+        `spec_mode`), and the row records it (`spec_plan`)."""
+        rows = enc["input_ids"].shape[0] if isinstance(enc, Mapping) else len(enc)
         plans = _PLANS.setdefault(model.hf, {})
         key = (self.draft, getattr(self, "exit_layer", None), rows, self.draft_len)
         if key not in plans:
-            plans[key] = plan_lengths(model, draft, enc, max_len=self.draft_len)
+            if not isinstance(enc, Mapping):
+                enc = model.tokenizer(list(enc), return_tensors="pt", padding=True)
+            plans[key] = plan_lengths(model, draft if draft is not None else self.draft_model(model), enc,
+                                      max_len=self.draft_len)
         return plans[key]
 
     def generate(self, model, prompts: list[str], *, max_new_tokens: int, seed: int):
-        enc = encode(model.tokenizer, prompts, model.facts.context - max_new_tokens)
-        draft = self.draft_model(model)
-        plan = self.length_plan(model, draft, enc) if self.plans_lengths(len(prompts)) else None
+        plan = self.length_plan(model, None, prompts) if self.plans_lengths(len(prompts)) else None
         if plan is not None and plan.best(PRIOR_ALPHA) == 0:
             # No length pays at the acceptance the plan starts from, and a plain round judges nothing
-            # that could change its mind: the whole batch decodes plainly, in the shared loop.
-            return self.plainly(model, prompts, max_new_tokens=max_new_tokens)
+            # that could change its mind: the whole batch decodes plainly, exactly as the target alone
+            # does (the shared loop, nothing encoded or loaded before it).
+            out = self.plainly(model, prompts, max_new_tokens=max_new_tokens)
+            out.plan = plan
+            return out
+        enc = encode(model.tokenizer, prompts, model.facts.context - max_new_tokens)
+        draft = self.draft_model(model)
         trace: list[dict] = []
         out = speculative_generate(model, draft, enc, draft_len=self.draft_len,
                                    temperature=self.temperature, max_new_tokens=max_new_tokens,
                                    generator=self.sampler(seed, len(prompts)), adaptive=self.adaptive, trace=trace,
                                    plan=plan)
         out.trace = [r for r in trace if r["row"] == 0]  # the first prompt's stream: enough to watch, small to store
+        out.plan = plan
         return out
 
     def plainly(self, model, prompts: list[str], *, max_new_tokens: int) -> Speculation:
@@ -160,7 +173,7 @@ class Speculative(Technique):
                           target_positions=gen.tokens_generated, steps=rounds, plain_steps=rounds)
         first = [{"accepted": [], "rejected": [], "bonus": t} for t in gen.tokens[0]] if gen.tokens else []
         return Speculation(gen.tokens, gen.texts, gen.logprobs, gen.tokens_generated, gen.steps, stats,
-                           [dict(r, row=0) for r in first])
+                           [dict(r, row=0) for r in first], decode_path=getattr(gen, "decode_path", ""))
 
     def target_alone(self, model, prompts: list[str], *, max_new_tokens: int, seed: int):
         return generate(model.hf, model.tokenizer, prompts, max_new_tokens=max_new_tokens,
@@ -168,8 +181,10 @@ class Speculative(Technique):
 
     def columns(self, model, generations: list) -> dict[str, Any]:
         stats = SpecStats.total([g.stats for g in generations])
+        plan = getattr(generations[0], "plan", None)
         return stats.columns() | {"output_digest": digest([t for g in generations for t in g.texts]),
-                                  "spec_trace": stream(model.tokenizer, generations[0].trace or [])}
+                                  "spec_trace": stream(model.tokenizer, generations[0].trace or []),
+                                  "spec_plan": plan.describe() if plan is not None else None}
 
     def estimate(self, model, task, examples, *, seed: int, repeats: int, batch_size: int) -> dict[str, Any]:
         """The shared evaluation alone (the lab's first estimate): the target-alone timing and the
