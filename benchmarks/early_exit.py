@@ -47,6 +47,7 @@ from scipy.stats import spearmanr  # noqa: E402
 
 import explorer as ex  # noqa: E402
 from explorer.cost import flops_per_token  # noqa: E402
+from explorer.generate import decoder, generate  # noqa: E402
 
 # max_prob 0.99999 and 0.9999 are there for the thresholds that save 10-50% of FLOPs on zoo-l (the
 # deep exits, where a few rows run the top layers); below 0.999 every threshold saves more.
@@ -56,38 +57,33 @@ DEFAULT_THRESHOLDS = {"max_prob": (1.0, 0.99999, 0.9999, 0.999, 0.99, 0.95, 0.9,
 TARGET = 0.7  # wall-clock saving should be at least this share of the FLOPs saving
 
 
-class FirstCallTimer:
-    """Times the first forward call of `hf` in each decode (the prompt's prefill), by module hooks.
+class FirstCallTimed:
+    """The decoder a row's `Baseline` decodes through, timing its first call (the prompt's prefill).
 
-    Hooks rather than a wrapper, so that the baseline decodes exactly as a row's
-    `Baseline` does (`explorer.generate` picks its decode path from the model
-    itself; a wrapper would hide the model and change that path). Whatever the
-    path, the prompt's prefill is a call of the transformers model; later steps
-    may or may not be (the fused path calls its layers directly).
+    `explorer.generate.decoder` picks that decoder from the model exactly as the
+    row's decode does (the fused path for the zoo); wrapping what it returns keeps
+    the path and times the whole first call, the K/V cache it builds included,
+    as early exit's first call is timed.
     """
 
     def __init__(self, hf):
-        self.first_s = self.first_cpu_s = self._start = None
-        self.hooks = [hf.register_forward_pre_hook(self._pre), hf.register_forward_hook(self._post)]
+        self.decoder, self.decode_path = decoder(hf)
+        self.config, self.first_s, self.first_cpu_s = hf.config, None, None
 
-    def reset(self):
-        self.first_s = self.first_cpu_s = self._start = None
-
-    def _pre(self, *_):
+    def __call__(self, **kwargs):
+        start, cpu = time.perf_counter(), time.thread_time()
+        out = self.decoder(**kwargs)
         if self.first_s is None:
-            self._start = (time.perf_counter(), time.thread_time())
-
-    def _post(self, *_):
-        if self.first_s is None and self._start is not None:
-            self.first_s = time.perf_counter() - self._start[0]
-            self.first_cpu_s = time.thread_time() - self._start[1]
+            self.first_s, self.first_cpu_s = time.perf_counter() - start, time.thread_time() - cpu
+        return out
 
 
-def baseline(model, timer: FirstCallTimer, prompts: list[str], max_new_tokens: int, seed: int):
-    """A row's full-model decode (`Baseline().generate`, the path rows take), with its prefill's seconds."""
-    timer.reset()
-    gen = ex.Baseline().generate(model, prompts, max_new_tokens=max_new_tokens, seed=seed)
-    gen.first_s, gen.first_cpu_s = timer.first_s, timer.first_cpu_s
+def baseline(model, prompts: list[str], max_new_tokens: int):
+    """The full model's decode as a row's `Baseline` runs it, with the seconds of its first call kept."""
+    timed = FirstCallTimed(model.hf)
+    gen = generate(timed, model.tokenizer, prompts, max_new_tokens=max_new_tokens)
+    assert gen.decode_path == timed.decode_path  # the wrapper decoded through the row's path
+    gen.first_s, gen.first_cpu_s = timed.first_s, timed.first_cpu_s
     return gen
 
 
@@ -104,8 +100,7 @@ def measure(model, task, techniques: list, *, n: int, batch_size: int, repeats: 
     rows = [ex.run(model, task, t, n=n, seed=seed, repeats=1, batch_size=batch_size) for t in techniques]
     prompts = [e.prompt for e in task.examples(n, seed)]
     chunks = [prompts[i : i + batch_size] for i in range(0, n, batch_size)]
-    timer = FirstCallTimer(model.hf)
-    jobs = [lambda c: baseline(model, timer, c, task.max_new_tokens, seed)] + [
+    jobs = [lambda c: baseline(model, c, task.max_new_tokens)] + [
         (lambda c, t=t: t.generate(model, c, max_new_tokens=task.max_new_tokens, seed=seed)) for t in techniques[1:]]
     wall, first, cpu, first_cpu = ([[0.0] * repeats for _ in jobs] for _ in range(4))
     for r in range(repeats):
@@ -119,8 +114,6 @@ def measure(model, task, techniques: list, *, n: int, batch_size: int, repeats: 
                 timed = out.exits if hasattr(out, "exits") else out
                 first[j][r] += timed.first_s
                 first_cpu[j][r] += timed.first_cpu_s
-    for hook in timer.hooks:
-        hook.remove()
     for row, w, f, c, fc in zip(rows, wall, first, cpu, first_cpu):
         row["wall_s"], row["first_s"] = statistics.median(w), statistics.median(f)
         row["cpu_s"], row["first_cpu_s"] = statistics.median(c), statistics.median(fc)
