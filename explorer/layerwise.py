@@ -459,6 +459,7 @@ class FastLayer:
         a, mlp = layer.self_attn, layer.mlp
         self.index = index
         self.sdpa = False  # attention through SDPA (`attend_sdpa`) rather than written out (`attend`)
+        self.native = False  # torch's one-op RMSNorm, rotary by roll with a signed sin (fewer operations)
         self.heads = a.config.num_attention_heads
         self.kv_heads = a.config.num_key_value_heads or self.heads
         self.head_dim, self.scaling = a.head_dim, a.scaling
@@ -520,15 +521,33 @@ class FastLayer:
 
     def __call__(self, h, cos, sin, mask, cache) -> torch.Tensor:
         rows, hd = h.shape[0], self.head_dim
-        qkv = self.project_qkv(rms_norm(h, self.norm1, self.eps1))
+        norm = native_rms_norm if self.native else rms_norm
+        qkv = self.project_qkv(norm(h, self.norm1, self.eps1))
         qkv = qkv.view(rows, 1, self.heads + 2 * self.kv_heads, hd).transpose(1, 2)
         qk, v = qkv.split([self.heads + self.kv_heads, self.kv_heads], 1)
-        qk = qk * cos[:, None] + rotate_half(qk) * sin[:, None]  # rotary on queries and keys at once
+        if self.native:  # `sin` comes signed (`signed_sin`): rotate_half(x) * sin == x.roll(hd / 2) * signed sin
+            qk = qk * cos[:, None] + qk.roll(hd // 2, -1) * sin[:, None]
+        else:
+            qk = qk * cos[:, None] + rotate_half(qk) * sin[:, None]  # rotary on queries and keys at once
         q, k = qk.split([self.heads, self.kv_heads], 1)
         k, v = cache.update(k, v, self.index)
         o = self.attend_sdpa(q, k, v, mask) if self.sdpa else self.attend(q, k, v, mask)
         h = h + self.out(o.reshape(rows, 1, self.heads * hd))
-        return h + self.mlp(rms_norm(h, self.norm2, self.eps2))
+        return h + self.mlp(norm(h, self.norm2, self.eps2))
+
+
+def native_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """`rms_norm` as one operation (torch's own) for float32, where it gives the same bits; else `rms_norm`."""
+    if x.dtype != torch.float32 or weight.dtype != torch.float32:
+        return rms_norm(x, weight, eps)
+    return torch.nn.functional.rms_norm(x, weight.shape, weight, eps)
+
+
+def signed_sin(sin: torch.Tensor) -> torch.Tensor:
+    """sin with its first half negated: rotate_half(x) * sin == x.roll(d / 2, -1) * signed_sin(sin), bit for
+    bit (negation is exact), in one roll instead of two slices, a negation and a concatenation."""
+    half = sin.shape[-1] // 2
+    return torch.cat([-sin[..., :half], sin[..., half:]], -1)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -597,6 +616,7 @@ class FusedDecoder:
         cache.open()
         h = inner.embed_tokens(input_ids)
         cos, sin = inner.rotary_emb(h, position_ids=position_ids)
+        sin = signed_sin(sin)  # the layers' `native` rotary
         mask = None if bool(attention_mask[:, : t + 1].all()) else attention_mask[:, None, None, : t + 1].bool()
         view = RowsView(cache, None)
         for layer in self.layers:
@@ -638,7 +658,7 @@ def fused_decoder(hf) -> FusedDecoder | None:
         small = sum(p.numel() for p in params) <= FUSE_MAX_PARAMS
         layers = (fast_layers(hf) if small else None) or fast_layers(hf, modules=True)
         for layer in layers or ():
-            layer.sdpa = True
+            layer.sdpa = layer.native = True
         built = _FUSED[hf] = (state, layers)
     return None if built[1] is None else FusedDecoder(hf, built[1])
 
