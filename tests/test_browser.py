@@ -201,29 +201,36 @@ from widgets.budget_explorer import BudgetExplorer
 rows = ex.sweep(["zoo-xs", "zoo-s"], "sort", [ex.Baseline(), ex.Sampling(n=4)], n=16, progress=False)
 BudgetExplorer(rows, task="sort", reference="zoo-s")"""
 VIEWPORT = {"width": 1400, "height": 900}
+NARROW = {"width": 1024, "height": 900}
 
 
-def fits(box, what) -> None:
-    """`box` (a bounding box in CSS px) lies wholly inside the 1400x900 viewport."""
+def fits(box, what, viewport=VIEWPORT) -> None:
+    """`box` (a bounding box in CSS px) lies wholly inside the viewport (1400x900 unless given)."""
     assert box is not None, f"{what}: not rendered"
-    assert box["x"] >= 0 and box["x"] + box["width"] <= VIEWPORT["width"], (what, box)
-    assert box["y"] >= 0 and box["y"] + box["height"] <= VIEWPORT["height"], (what, box)
+    assert box["x"] >= 0 and box["x"] + box["width"] <= viewport["width"], (what, box)
+    assert box["y"] >= 0 and box["y"] + box["height"] <= viewport["height"], (what, box)
 
 
-def chart_and_legends_fit(page, embed, what: str) -> list[dict]:
+def chart_and_legends_fit(page, embed, what: str, viewport=VIEWPORT) -> list[dict]:
     """Scroll the chart into view as a reader would; then it and each of its legends (Vega's
     role-legend groups: every entry, title and symbol) lie inside the viewport. Returns the boxes."""
     embed.scroll_into_view_if_needed()
     time.sleep(1)
     boxes = [embed.bounding_box()]
-    fits(boxes[0], f"{what} chart")
+    fits(boxes[0], f"{what} chart", viewport)
     legends = embed.locator("svg g.role-legend")
     assert legends.count() >= 2, f"{what}: {legends.count()} legends (model colour and technique shape expected)"
     for i in range(legends.count()):
         boxes.append(legends.nth(i).bounding_box())
-        fits(boxes[-1], f"{what} legend {i}")
-    print(f"{what}: chart and legend boxes at 1400x900 {[{k: round(v) for k, v in b.items()} for b in boxes]}")
+        fits(boxes[-1], f"{what} legend {i}", viewport)
+    print(f"{what}: chart and legend boxes at {viewport['width']}x{viewport['height']} "
+          f"{[{k: round(v) for k, v in b.items()} for b in boxes]}")
     return boxes
+
+
+def below(upper, lower) -> bool:
+    """`upper`'s box ends where `lower`'s begins or above it (one stacked over the other, not side by side)."""
+    return upper["y"] + upper["height"] <= lower["y"] + 1
 
 
 def test_a_teachers_path_budget_stays_colours_agree_and_the_chart_fits_beside_the_sidebar(tmp_path):
@@ -247,6 +254,14 @@ def test_a_teachers_path_budget_stays_colours_agree_and_the_chart_fits_beside_th
         wait_for(page, lambda: page.locator("#filebrowser").is_visible(), 30, "the file browser")
         chart_and_legends_fit(page, page.locator(".tx-lab .vega-embed").first, "lab, file browser open")
         jh.shot(page, "teach-sidebar-open")
+        # Narrower (a 1024 px projector, the file browser still open): the controls go above the chart,
+        # which stays whole, legends included.
+        page.set_viewport_size(NARROW)
+        chart_and_legends_fit(page, page.locator(".tx-lab .vega-embed").first, "lab, narrow", NARROW)
+        controls = page.locator(".tx-lab .tx-controls").first.bounding_box()
+        assert below(controls, page.locator(".tx-lab .vega-embed").first.bounding_box()), controls
+        jh.shot(page, "teach-narrow")
+        page.set_viewport_size(VIEWPORT)
 
         # One colour per model, in the lab's chart, the CLI's and the budget explorer's.
         charts = page.locator(".vega-embed")
@@ -272,6 +287,11 @@ def test_a_teachers_path_budget_stays_colours_agree_and_the_chart_fits_beside_th
         after = embed.bounding_box()
         assert abs(after["x"] - before["x"]) < 1 and abs(after["y"] - before["y"]) < 1, (before, after)
         jh.shot(page, "teach-budget-explorer")
+        page.set_viewport_size(NARROW)  # narrow: the card goes below the chart, the chart stays whole
+        chart_and_legends_fit(page, embed, "budget explorer, narrow", NARROW)
+        assert below(embed.bounding_box(), app.locator(".budget-card").first.bounding_box())
+        assert below(app.locator(".widget-hslider").first.bounding_box(), embed.bounding_box())
+        page.set_viewport_size(VIEWPORT)
 
         # The user sets a budget; it stays through a model removed and re-added and a task change.
         lab_chart = page.locator(".tx-lab .vega-embed").first
