@@ -4,7 +4,17 @@ For every zoo model deeper than one layer and every exit threshold: accuracy,
 mean exit layer, analytic FLOPs saving (counting what ran: layers to the exit,
 the K/V fill of the skipped layers, every LM head read) and measured wall-clock
 saving, both per generated token and against the full model (`Baseline`, the
-shared decoding loop) at the same batch size, and the ratio of the two savings.
+shared decoding loop, through the decode path a row takes: the fused one for the
+zoo) at the same batch size, and the ratio of the two savings.
+
+The FLOPs denominator is honest: per token, `exit_flops` charges the layers
+1..e it ran (with their attention over the context), one LM head per layer read
+(min_layers..e: the exit head is early exit's own cost; the full model reads one),
+and the K and V projections of every skipped layer (the fill: 4 x width x K/V width
+each); the engine computes exactly those and no more (`ExitStats.layer_rows`,
+`head_rows`, `fill_rows`; tests/test_early_exit.py pins them to the counts). Not
+charged: the elementwise work (norms, rotary, softmax), as `flops_per_token` does not
+charge it to the full model either.
 
 Early exit saves on generated tokens only; the prompt runs every layer in both.
 And the baseline's first token comes out of its prompt pass, while early exit
@@ -25,7 +35,7 @@ thresholds (Spearman), and the wall/FLOPs ratio against the target of 0.7.
 
     python benchmarks/early_exit.py                          # zoo, addition, n=100, batch 1 and 64
     python benchmarks/early_exit.py --quick                  # the must-show figures: zoo-l, batch 1 and 64,
-                                                             # n=128, 3 repeats (about 3 minutes quiet)
+                                                             # n=128, 5 repeats (4-5 minutes loaded)
     python benchmarks/early_exit.py --models zoo-l --batch-sizes 1 --repeats 5
     python benchmarks/early_exit.py --criterion entropy --thresholds 0,0.05,0.2,0.5,1,2
 """
@@ -205,10 +215,10 @@ def main(argv=None) -> None:
     # processes made decoding 10-20x slower and wildly noisy (measured here); one is steady.
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=None, help="write the table as parquet here")
-    p.add_argument("--quick", action="store_true", help="zoo-l at batch 1 and 64, n=128, 3 repeats")
+    p.add_argument("--quick", action="store_true", help="zoo-l at batch 1 and 64, n=128, 5 repeats")
     a = p.parse_args(argv)
     if a.quick:
-        a.models, a.batch_sizes, a.n, a.repeats = a.models or "zoo-l", "1,64", 128, 3
+        a.models, a.batch_sizes, a.n, a.repeats = a.models or "zoo-l", "1,64", 128, 5
     if a.threads:
         torch.set_num_threads(a.threads)
     names = a.models.split(",") if a.models else ex.zoo.names()
