@@ -73,22 +73,27 @@ PATHS = {"today": dict(preview_n=None), "fixed 5": dict(preview_budget_s=None), 
 
 def trial(seed: Path, selection: dict, move: dict, n: int, models: dict, path: dict):
     """One move on a fresh copy of the seed store: (seconds to every model's first point, to final,
-    the problems each first estimate saw)."""
-    from widgets.runner import Runner
+    the problems each first estimate saw). A first point counts once the lab has redrawn with it."""
+    from widgets.lab import Lab
     from widgets.state import LabState
     from explorer.store import Store
 
     folder = Path(tempfile.mkdtemp(prefix="lab-bench-"))
     shutil.copytree(seed, folder, dirs_exist_ok=True)
     state = LabState(**selection, n=n)
-    runner = Runner(state, Store(folder), autostart=False, debounce_s=0.3, **path)
+    lab = Lab(Store(folder), state=state, autostart=False)  # the real lab: its redraws are in the times
+    runner = lab.runner
+    for name, value in path.items():
+        setattr(runner, name, value)
     runner.models = models
     runner.schedule()  # everything cached: no run
     runner.wait(60)
+    redraw = runner.on_rows
     first = threading.Event()
     marks = {}
 
     def on_rows():
+        redraw()  # chart, card, detail view: what the person sees
         if first.is_set():
             return
         try:
