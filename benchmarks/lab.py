@@ -2,8 +2,9 @@
 against today's path (full runs only), side by side in one run.
 
 For each scenario and each path, every trial starts from a copy of one store holding the
-selection before the move (so only the move's own runs are missing), with the models already
-loaded, then makes the move and times, from the state change:
+selection before the move (so only the move's own runs are missing), with the selected models
+already loaded but drafts and their length plans forgotten (`cold`: the first time a person makes
+the move), then makes the move and times, from the state change:
 - first estimate: until EVERY selected model has a point for the new configuration on the
   chart's data (a first estimate on a few problems, or the full row);
 - final: until every full row is stored.
@@ -68,6 +69,16 @@ def seed_store(selection: dict, n: int, models: dict) -> Path:
     return folder
 
 
+def cold() -> None:
+    """Forget what an earlier trial left in this process for the move's own models: drafts are loaded
+    again and their length plans measured again, as the first time a person makes the move (the
+    selected models stay loaded and warm, as they are in a lab that has already shown them)."""
+    from explorer.techniques import speculative
+
+    speculative._load_draft.cache_clear()
+    speculative._PLANS.clear()
+
+
 PATHS = {"today": dict(preview_n=None), "fixed 5": dict(preview_budget_s=None), "budgeted": {}}
 
 
@@ -88,6 +99,7 @@ def trial(seed: Path, selection: dict, move: dict, n: int, models: dict, path: d
     runner.models = models
     runner.schedule()  # everything cached: no run
     runner.wait(60)
+    cold()
     redraw = runner.on_rows
     first = threading.Event()
     marks = {}
