@@ -138,3 +138,10 @@ def test_a_speculative_first_estimate_leaves_out_the_fixed_cost_extras():
     # Same problems, same answers: greedy speculative decoding emits the target's own tokens.
     assert rough["accuracy"] == full["accuracy"] and rough["tokens_generated"] == full["tokens_generated"]
     assert rough["spec_mode"] == full["spec_mode"]  # decoded the same way (the length plan measured first)
+
+
+def test_a_composed_first_estimate_leaves_out_its_decoders_extras_too():
+    rough = ex.run("zoo-s", "addition", [ex.Quantize(bits=4), ex.Speculative(draft="zoo-xs")], n=3, repeats=1,
+                   extras=False)
+    assert rough["technique"] == "quantize+speculative" and rough["n_examples"] == 3
+    assert "wall_s_target_alone" not in rough and "kl_vs_full_nats" not in rough
