@@ -342,7 +342,12 @@ class ModelDraft(Draft):
     def update(self, proposals, n, nxt) -> None:
         g, live = proposals.shape[1], n.shape[0]
         one = torch.ones(live, 1, dtype=torch.bool)
-        if g:
+        if g and live == 1:  # one row: the same, with an integer count
+            k = int(n[0])
+            self.decoder.keep(torch.arange(g - 1)[None] < k)
+            self.pending = torch.cat([proposals[:, -1:], nxt[:, None]], 1) if k == g else nxt[:, None]
+            self.valid = torch.ones(1, 2 if k == g else 1, dtype=torch.bool)
+        elif g:
             self.decoder.keep(torch.arange(g - 1)[None] < n[:, None])  # the last proposal was never fed
             full = n == g
             self.pending = torch.cat([proposals[:, -1:], nxt[:, None]], 1) if full.any() else nxt[:, None]
@@ -704,8 +709,15 @@ def speculative_generate(target, draft, input_ids, *, draft_len: int, temperatur
     drf.start(ids, mask)
     rows = torch.arange(batch)
     t_next, t_valid = ids, mask.bool()  # not yet in the target's cache
+    one_row = ONE_ROW and not temperature and adaptive is None and plan is None
     while rows.numel():
         live = rows.numel()
+        if live == 1 and one_row:
+            r = int(rows[0])
+            if one_row_round(tgt, drf, t_next, t_valid, r, out, logp, draft_len, max_new_tokens, eos, stats, trace):
+                break
+            t_next, t_valid = torch.tensor([[out[r][-1]]]), torch.ones(1, 1, dtype=torch.bool)
+            continue
         left = torch.tensor([max_new_tokens - len(out[r]) for r in rows.tolist()])
         cap = (left - 1).clamp(max=draft_len)  # never propose past max_new_tokens
         if plan is not None:
@@ -736,6 +748,49 @@ def speculative_generate(target, draft, input_ids, *, draft_len: int, temperatur
     texts = tok.batch_decode(tokens, skip_special_tokens=True) if tok is not None else []
     return Speculation(tokens, texts, logp, stats.tokens, stats.steps, stats, trace,
                        decode_path="fused" if isinstance(tgt, FusedSide) else "transformers")
+
+
+# Greedy rounds of a single row (batch size 1, or the last row of a batch) take `one_row_round`:
+# the same proposals, verification, statistics and output, with Python integers between the
+# model calls. False runs every round through the batched code (tests compare the two).
+ONE_ROW = True
+
+
+def one_row_round(tgt: Decoder, drf: Draft, t_next, t_valid, r: int, out, logp, draft_len: int,
+                  max_new_tokens: int, eos: int, stats: SpecStats, trace) -> bool:
+    """One greedy round for the one live row `r` (fixed draft length); whether it is finished."""
+    cap = min(max_new_tokens - len(out[r]) - 1, draft_len)
+    drafts, _, lens = drf.propose(torch.tensor([cap]), 0.0, None, eos, None, stats)
+    g = drafts.shape[1]
+    logits = tgt.extend(torch.cat([t_next, drafts], 1),
+                        torch.cat([t_valid, torch.ones(1, g, dtype=torch.bool)], 1))[0, -g - 1:]
+    best, prop = logits.argmax(-1).tolist(), drafts[0].tolist()
+    n = 0
+    while n < g and prop[n] == best[n]:
+        n += 1
+    nxt = best[n]
+    stats.steps += 1
+    stats.target_calls += 1
+    stats.target_positions += g + 1
+    stats.drafted += g
+    stats.judged += min(n + 1, g)
+    stats.accepted += n
+    for j in range(min(n + 1, g)):
+        stats.position_judged[j] += 1
+        stats.position_accepted[j] += j < n
+    tgt.keep(torch.arange(g + 1)[None] <= n)
+    drf.update(drafts, torch.tensor([n]), torch.tensor([nxt]))
+    new = prop[:n] + [nxt]
+    ended = eos in new[:n]  # proposals stop at end-of-sequence, so it can only be the last
+    if trace is not None:
+        trace.append({"row": r, "accepted": prop[:n], "rejected": prop[n:g], "bonus": None if ended else nxt})
+    if ended:
+        stats.eos_accepted += 1
+        new = new[:n]
+    logp[r] += float(torch.log_softmax(logits[: len(new)], -1).gather(-1, torch.tensor(new)[:, None]).double().sum())
+    out[r] += new
+    stats.tokens += len(new)
+    return new[-1] == eos or len(out[r]) >= max_new_tokens
 
 
 @torch.inference_mode()
@@ -815,6 +870,7 @@ def propose_one(drf: Decoder, x, valid, cap: int, eos: int, stats: SpecStats):
     """`propose` for one row, greedy, fixed length: the same proposals, with Python integers
     between the draft's calls instead of a handful of small tensor operations per proposal."""
     out: list[int] = []
+    one = torch.ones(1, 1, dtype=torch.bool)
     for _ in range(cap):
         d = int(drf.extend(x, valid, last_only=True)[0, -1].argmax())
         stats.draft_calls += 1
@@ -822,7 +878,7 @@ def propose_one(drf: Decoder, x, valid, cap: int, eos: int, stats: SpecStats):
         out.append(d)
         if d == eos:
             break
-        x, valid = torch.tensor([[d]]), torch.ones(1, 1, dtype=torch.bool)
+        x, valid = torch.tensor([[d]]), one
     return torch.tensor([out], dtype=torch.long).reshape(1, len(out)), [], torch.tensor([len(out)])
 
 

@@ -348,6 +348,8 @@ def test_run_row_puts_measured_beside_predicted_speedup(target):
     assert row["speedup_measured"] == row["wall_s_target_alone"] / row["wall_s"]
     assert row["speedup_predicted"] == pytest.approx(
         predicted_speedup(row["acceptance_rate"], 3, row["cost_ratio_measured"]))
+    c, v = row["cost_ratio_measured"], row["verify_cost_ratio_measured"]
+    assert row["speedup_predicted_verify"] == pytest.approx(row["speedup_predicted"] * (3 * c + 1) / (3 * c + v))
     assert 0 < row["cost_ratio_measured"] < 1
     assert row["tokens_generated"] == row["accepted"] + row["target_calls"] - row["eos_accepted"]
     assert row["weight_bytes"] == target.facts.weight_bytes + ex.load("zoo-xs").facts.weight_bytes
@@ -361,3 +363,20 @@ def test_the_target_alone_through_the_loops_own_layers_is_the_target_alone(targe
     want = generate(target.hf, target.tokenizer, prompts, max_new_tokens=10).tokens
     enc = encode(target.tokenizer, prompts, 200)
     assert decode_alone(target, enc, max_new_tokens=10) == want
+
+
+@pytest.mark.parametrize("batch", [1, 5])  # one prompt; a batch whose last row runs alone at the end
+def test_one_row_rounds_equal_the_batched_code(target, draft, monkeypatch, batch):
+    import explorer.speculative as S
+
+    prompts = prompts_of(batch, seed=11)
+    runs = []
+    for fast in (True, False):
+        monkeypatch.setattr(S, "ONE_ROW", fast)
+        trace: list = []
+        runs.append((speculative_generate(target, draft, encode(target.tokenizer, prompts, 200), draft_len=4,
+                                          temperature=0.0, max_new_tokens=14, trace=trace), trace))
+    (a, trace_a), (b, trace_b) = runs
+    assert a.tokens == b.tokens and a.stats == b.stats and trace_a == trace_b
+    assert a.logprobs == pytest.approx(b.logprobs, abs=1e-9)
+    assert a.stats.eos_accepted + a.stats.accepted > 0  # the rounds did accept proposals

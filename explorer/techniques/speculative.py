@@ -239,6 +239,9 @@ class Speculative(Technique):
         alpha = row["acceptance_rate"]
         row["speedup_predicted"] = (predicted_speedup(alpha, self.draft_len, c) if self.adaptive is None
                                     else float("nan"))
+        # Leviathan's with the verification's measured cost in place of one call's (g c + v, not g c + 1).
+        g = self.draft_len
+        row["speedup_predicted_verify"] = row["speedup_predicted"] * (g * c + 1) / (g * c + costs.verify_ratio)
         row["speedup_predicted_from_counts"] = row["tokens_per_target_call"] / (
             row["draft_calls"] / row["target_calls"] * c + costs.verify_ratio)
 
