@@ -33,6 +33,15 @@ steadier one there; on a quiet machine the two agree.
 Then per model: whether accuracy and the mean exit layer move together across
 thresholds (Spearman), and the wall/FLOPs ratio against the target of 0.7.
 
+Where wall time outruns the FLOPs saving at batch 64 (profiled on zoo-l, CPU time,
+a loaded 2-core machine): a layer called on r rows costs about 0.2 ms + 14 us x r,
+not 64ths of a full call: the fixed part is per-operation overhead (~0.1 ms) and
+reading the layer's 1.8 MB of weights from beyond L2 (~0.1 ms), which FLOPs do not
+see. Thresholds that save 10-50% (max_prob 0.9999 and up) keep a few rows running
+to the top layers, so they pay nearly every layer's fixed part, plus an exit head
+per layer (~50 us) and a compaction per exit event (~40 us); the fill's cost
+follows its FLOPs once it computes only what it owes.
+
     python benchmarks/early_exit.py                          # zoo, addition, n=100, batch 1 and 64
     python benchmarks/early_exit.py --quick                  # the must-show figures: zoo-l, batch 1 and 64,
                                                              # n=128, 5 repeats (4-5 minutes loaded)
