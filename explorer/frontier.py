@@ -278,8 +278,13 @@ def chart(df: pl.DataFrame, *, cost: str = "flops_per_token_analytic", quality: 
               axis=alt.Axis(format="~g" if metric(cost).unit else "~s"))
     bars = alt.Chart().mark_rule(opacity=0.4).encode(x=x, y=alt.Y(f"{lo}:Q", title=axis_title(quality)), y2=f"{hi}:Q",
                                                      color=color_enc)
+    # The tooltip in words and rounded numbers: "accuracy 0.836", not "accuracy_lo: 0.8359375".
+    names = {"model": ("model", None), "task": ("task", None), "technique": ("technique", None),
+             quality: (axis_title(quality), ".3f"), lo: ("95% interval from", ".3f"), hi: ("95% interval to", ".3f"),
+             shown: (axis_title(cost), ".3~g" if metric(cost).unit else ".3~s"), "frontier_status": ("frontier", None)}
+    tips = [alt.Tooltip(c, title=t, **({"format": f} if f else {})) for c, (t, f) in names.items() if c in data.columns]
     dots = alt.Chart().mark_point(filled=True, size=60).encode(
-        x=x, y=f"{quality}:Q", color=color_enc, tooltip=data.columns, shape=shape_enc,
+        x=x, y=f"{quality}:Q", color=color_enc, tooltip=tips, shape=shape_enc,
         opacity=alt.Opacity("frontier_status:N", title="frontier",
                             scale=alt.Scale(domain=[FRONTIER, INDISTINGUISHABLE, DOMINATED], range=[1.0, 0.6, 0.25])))
     line = alt.Chart().mark_line(color="black", interpolate="step-after").encode(x=x, y=f"{quality}:Q") \

@@ -162,6 +162,17 @@ def test_the_chart_holds_every_point_and_its_status(tmp_path):
                                                                   (3.0, "dominated")]
 
 
+def test_the_chart_tooltip_names_what_a_person_reads_with_rounded_numbers():
+    df = pl.DataFrame({"model": ["zoo-s", "zoo-m"], "technique": ["baseline", "quantize"], "weight_bytes": [2e6, 1e6],
+                       "accuracy": [0.8359375, 0.5], "accuracy_lo": [0.75, 0.4], "accuracy_hi": [0.9, 0.6]})
+    spec = chart(df, cost="weight_bytes").to_dict()
+    tips = next(layer["encoding"]["tooltip"] for layer in spec["layer"] if "tooltip" in layer.get("encoding", {}))
+    titles = {t["title"]: t.get("format") for t in tips}
+    assert {"model", "technique", "95% interval from", "95% interval to", "frontier"} <= set(titles), titles
+    assert titles["95% interval from"] == ".3f" and any("MB" in t for t in titles), titles
+    assert not any("_" in t for t in titles), titles  # no raw column names
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("fmt, head", [("svg", b"<svg"), ("png", b"\x89PNG")])
 def test_the_chart_writes_svg_and_png_through_vl_convert(tmp_path, fmt, head):
