@@ -287,6 +287,17 @@ def test_a_teachers_path_budget_stays_colours_agree_and_the_chart_fits_beside_th
         after = embed.bounding_box()
         assert abs(after["x"] - before["x"]) < 1 and abs(after["y"] - before["y"]) < 1, (before, after)
         jh.shot(page, "teach-budget-explorer")
+        # A clicked point is highlighted (a larger point with the dark ring, as in the lab).
+        ring = embed.locator("g.mark-symbol.role-mark path[stroke='#000000']")
+        assert ring.count() == 0
+        for point in embed.locator("g.mark-symbol.role-mark path").all():
+            point.click(force=True)
+            try:
+                wait_for(page, lambda: ring.count() == 1, 5, "the clicked point's ring")
+                break
+            except AssertionError:
+                continue
+        assert ring.count() == 1
         page.set_viewport_size(NARROW)  # narrow: the card goes below the chart, the chart stays whole
         chart_and_legends_fit(page, embed, "budget explorer, narrow", NARROW)
         assert below(embed.bounding_box(), app.locator(".budget-card").first.bounding_box())
@@ -307,11 +318,18 @@ def test_a_teachers_path_budget_stays_colours_agree_and_the_chart_fits_beside_th
         moved = lab_chart.bounding_box()  # the card's text changed; the chart did not move
         assert lab.card() != card and abs(moved["x"] - box["x"]) < 1 and abs(moved["y"] - box["y"]) < 1, (box, moved)
         models = page.locator(".tx-lab .widget-select-multiple:has(label:text-is('models')) select").first
+        def offsets():  # where the chart and the status line sit inside the lab (the page may scroll)
+            root = page.locator(".tx-lab").first.bounding_box()
+            parts = [lab_chart.bounding_box(), page.locator(".tx-lab .tx-status").first.bounding_box()]
+            return [(round(b["x"] - root["x"]), round(b["y"] - root["y"])) for b in parts]
+
+        before = offsets()
         models.select_option(["zoo-s"])
         wait_for(page, lambda: jh.symbol_count(page) == 2, 120, "one model")
+        assert offsets() == before  # a refresh with another card, legend and status: nothing moved
         models.select_option(["zoo-xs", "zoo-s"])
         wait_for(page, lambda: jh.symbol_count(page) == 4, 120, "two models again")
-        assert lab.budget_readout() == budget
+        assert lab.budget_readout() == budget and offsets() == before, (before, offsets())
         page.locator(".tx-lab .widget-dropdown:has(label:text-is('task')) select").first.select_option("sort")
         wait_for(page, lambda: "new runs" in lab.status() or "all in the store" in lab.status(), 180, "sort's runs")
         jh.wait_idle(page)

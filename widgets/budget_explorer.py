@@ -84,14 +84,19 @@ def chart(pts: pl.DataFrame, budget: float, task: str) -> alt.LayerChart:
                       legend=alt.Legend(orient="bottom", direction="horizontal", symbolOpacity=1))
     lines = base.transform_filter(f"datum.kind == '{SAMPLES}'").mark_line(opacity=0.5).encode(
         x=x, y=y, color=color, order="k:Q")
-    dots = base.mark_point(filled=True, size=palette.POINT_SIZE).encode(
+    pick = alt.selection_point(name="pick", fields=["model", "config"], on="click", clear="dblclick")
+    dots = base.mark_point(filled=True).encode(
         x=x, y=y, color=color,
+        # The clicked point: larger, with the dark ring, as in the lab.
+        size=alt.condition(pick, alt.value(palette.SELECTED_SIZE), alt.value(palette.POINT_SIZE), empty=False),
+        stroke=alt.condition(pick, alt.value(palette.SELECTED), alt.value(None), empty=False),
+        strokeWidth=alt.condition(pick, alt.value(2.5), alt.value(0), empty=False),
         shape=alt.Shape("kind:N", title="configuration", legend=alt.Legend(orient="bottom", direction="horizontal"),
                         scale=alt.Scale(domain=kinds, range=[palette.technique_shape(KINDS[k]) for k in kinds])),
         opacity=alt.condition("datum.fits", alt.value(1.0), alt.value(0.15)),
         tooltip=["model", alt.Tooltip("config", title="configuration"), alt.Tooltip("accuracy", format=".3f"),
                  alt.Tooltip("flops_text", title="FLOPs per problem")],
-    )
+    ).add_params(pick)
     # The budget: a dashed rule with its name on it, not a colour alone.
     limit = alt.Chart(pl.DataFrame({"x": [0]})).transform_calculate(b="budget", word="'budget'")
     rule = limit.mark_rule(color=palette.BUDGET, strokeWidth=2, strokeDash=list(palette.BUDGET_DASH)).encode(

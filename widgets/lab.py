@@ -199,12 +199,12 @@ def best_card(state: LabState, store: Store, df=None) -> str:
 
 # Space reserved for what changes length (card, status, note): the chart below or beside them must not jump.
 LAB_CSS = """<style>
-.tx-lab .tx-card-box { min-height: 64px; max-width: 620px; }
+.tx-lab .tx-card-box { min-height: 88px; max-width: 620px; }  /* three lines: best, accuracy, "first estimate" */
 .tx-lab .tx-status-box { min-height: 22px; }
 .tx-lab .tx-note { color: var(--jp-ui-font-color2, #555); font-size: 12px; }
 .tx-lab .tx-right { flex: 1 1 560px; }
 .tx-lab .tx-controls { flex: 0 1 380px; }
-.tx-lab .vega-embed { min-height: 380px; }
+.tx-lab .vega-embed { min-height: 440px; }  /* the drawing grows 5-20 px with a legend row or the budget label */
 </style>"""
 
 
