@@ -18,6 +18,7 @@ Then Wanda against magnitude scores at 50%: both accuracies, and whether Wanda w
     python benchmarks/prune.py                 # n=100 per task, 7 rounds
     python benchmarks/prune.py --quick         # n=50 per task, 3 rounds
     python benchmarks/prune.py --timing-only   # the speed-ups alone (no accuracy), 7 rounds
+    python benchmarks/prune.py --timing-only --profile   # and where each token's time goes, per operation
 """
 from __future__ import annotations
 
@@ -61,6 +62,33 @@ def decode_s(model, prompts: list[str], steps: int) -> tuple[float, float, str]:
     return (time.perf_counter() - wall) / (steps + 1), (time.thread_time() - cpu) / (steps + 1), g.decode_path
 
 
+def profile_ops(full, pruned, prompts: list[str], steps: int, top: int = 14) -> None:
+    """Where a token's time goes, unpruned against 50% pruned: torch.profiler's self time per
+    operation (the matmuls of every projection are aten::mm; attention is SDPA), in us per generated
+    token of the same timed call as above, and what pruning saved in each."""
+    from torch.profiler import ProfilerActivity, profile
+
+    per = {}
+    for name, m in (("0%", full), ("50%", pruned)):
+        decode_s(m, prompts, 2)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            decode_s(m, prompts, steps)
+        per[name] = {e.key: e.self_cpu_time_total / (steps + 1) for e in prof.key_averages()}
+    total = {k: sum(v.values()) for k, v in per.items()}
+    ops = sorted(per["0%"], key=lambda k: -per["0%"][k])[:top]
+    print(f"\nbatch {len(prompts)}: us per generated token by operation (profiler self time, inflated by its own "
+          f"overhead), 0% / 50% FFN pruned")
+    print(f"  {'operation':<52} {'0%':>9} {'50%':>9} {'saved':>9} {'share of 0%':>11}")
+    for k in ops:
+        a, b = per["0%"][k], per["50%"].get(k, 0.0)
+        print(f"  {k[:52]:<52} {a:9.1f} {b:9.1f} {a - b:9.1f} {a / total['0%']:10.1%}")
+    rest = [k for k in per["0%"] if k not in ops]
+    a, b = sum(per["0%"][k] for k in rest), sum(per["50%"].get(k, 0.0) for k in rest)
+    print(f"  {'(every other operation)':<52} {a:9.1f} {b:9.1f} {a - b:9.1f} {a / total['0%']:10.1%}")
+    print(f"  {'total':<52} {total['0%']:9.1f} {total['50%']:9.1f} {total['0%'] - total['50%']:9.1f}  "
+          f"ratio {total['0%'] / total['50%']:.2f}x")
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="zoo-l")
@@ -69,6 +97,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=32, help="decode steps timed per call")
     p.add_argument("--quick", action="store_true")
     p.add_argument("--timing-only", action="store_true", help="decode times and speed-ups only, no accuracy")
+    p.add_argument("--profile", action="store_true", help="also a per-operation table, unpruned against 50%%")
     args = p.parse_args()
     if args.quick:
         args.n, args.rounds = 50, 3
@@ -117,6 +146,9 @@ def main() -> int:
         print(f"batch {b}: 50% FFN pruning decodes {speed:.2f}x faster than unpruned (wall clock; "
               f"{cpu:.2f}x in CPU time); {verdict} the {TARGET}x target")
 
+    if args.profile:
+        for b, batch in batches.items():
+            profile_ops(models[0.0], models[0.5], batch, args.steps)
     if args.timing_only:
         print(f"load at the end: {os.getloadavg()[0]:.2f} (1-min)")
         return 0

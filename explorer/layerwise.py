@@ -525,8 +525,8 @@ class FastLayer:
         qkv = self.project_qkv(norm(h, self.norm1, self.eps1))
         qkv = qkv.view(rows, 1, self.heads + 2 * self.kv_heads, hd).transpose(1, 2)
         qk, v = qkv.split([self.heads + self.kv_heads, self.kv_heads], 1)
-        if self.native:  # `sin` comes signed (`signed_sin`): rotate_half(x) * sin == x.roll(hd / 2) * signed sin
-            qk = qk * cos[:, None] + qk.roll(hd // 2, -1) * sin[:, None]
+        if self.native:  # cos, sin come (rows, 1, 1, hd), sin signed (`signed_sin`): rotate_half(x) * sin
+            qk = qk * cos + qk.roll(hd // 2, -1) * sin  # == x.roll(hd / 2) * signed sin
         else:
             qk = qk * cos[:, None] + rotate_half(qk) * sin[:, None]  # rotary on queries and keys at once
         q, k = qk.split([self.heads, self.kv_heads], 1)
@@ -616,7 +616,7 @@ class FusedDecoder:
         cache.open()
         h = inner.embed_tokens(input_ids)
         cos, sin = inner.rotary_emb(h, position_ids=position_ids)
-        sin = signed_sin(sin)  # the layers' `native` rotary
+        cos, sin = cos[:, None], signed_sin(sin)[:, None]  # the layers' `native` rotary, shaped once per step
         mask = None if bool(attention_mask[:, : t + 1].all()) else attention_mask[:, None, None, : t + 1].bool()
         view = RowsView(cache, None)
         for layer in self.layers:
