@@ -20,7 +20,7 @@ Scenarios (issue 16's list):
 - samples = 64 over three models (sampling 16 -> 64 samples, zoo-xs..zoo-m, n=64);
 - a draft change (speculative zoo-l, draft zoo-xs -> zoo-s, n=64).
 
-Run (issue 16's must-show table, about 5 minutes on an idle 2-core machine):
+Run (issue 16's must-show table; about 4 minutes on an idle 2-core machine, 8 at load average 6):
     OMP_NUM_THREADS=1 python benchmarks/lab.py
 Options: --trials 5 (per path and scenario; p95 of 5 is the slowest), --only bits,samples,draft,
 --quick (3 trials). The machine may be shared: the load average is printed with the results.
