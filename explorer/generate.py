@@ -114,26 +114,31 @@ def generate(
                 use_cache=True, logits_to_keep=1)
     cache, logits = out.cache, out.logits[:, -1]
     done = torch.zeros(batch, dtype=torch.bool, device=dev)
-    gen = torch.empty(batch, 0, dtype=torch.long, device=dev)
+    # Preallocated: each step writes a column of the tokens and passes a longer view of the mask.
+    gen = torch.empty(batch, max_new_tokens, dtype=torch.long, device=dev)
+    width = mask.shape[1]
+    full_mask = torch.ones(batch, width + max_new_tokens, dtype=mask.dtype, device=dev)
+    full_mask[:, :width] = mask
     logp = torch.zeros(batch, dtype=torch.float64)  # kept on the CPU: not every device has float64
     pos = positions(mask)[:, -1:]
-    decoded = steps = 0
+    live = torch.zeros((), dtype=torch.long, device=dev)  # rows decoding, summed over steps
+    steps = 0
     for step in range(max_new_tokens):
         nxt, lp = pick(logits, temperature, top_p, generator)
-        decoded += int((~done).sum())
+        live += (~done).sum()
         logp += torch.where(done, 0.0, lp).cpu().double()
         nxt = torch.where(done, eos, nxt)
-        gen = torch.cat([gen, nxt[:, None]], dim=1)
+        gen[:, step] = nxt
         if stop_at_eos:
             done |= nxt == eos
-        if bool(done.all()) or step == max_new_tokens - 1:
+        if step == max_new_tokens - 1 or stop_at_eos and bool(done.all()):
             break
-        mask = torch.cat([mask, torch.ones(batch, 1, dtype=mask.dtype, device=dev)], dim=1)
         pos = pos + 1
-        out = model(input_ids=nxt[:, None], attention_mask=mask, position_ids=pos,
+        out = model(input_ids=nxt[:, None], attention_mask=full_mask[:, : width + step + 1], position_ids=pos,
                     cache=cache, use_cache=True)
         cache, logits = out.cache, out.logits[:, -1]
         steps += 1
+    gen, decoded = gen[:, : steps + 1], int(live)
     tokens = [strip_eos(row, eos) for row in gen.tolist()]
     texts = tokenizer.batch_decode(tokens, skip_special_tokens=True)
     return Generation(tokens, texts, logp.tolist(), decoded, steps, decode_path=decode_path)
