@@ -1,5 +1,6 @@
 """The lab in a real JupyterLab, in a real browser: render, move a slider, see the chart change."""
 import re
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -336,6 +337,28 @@ def test_a_teachers_path_budget_stays_colours_agree_and_the_chart_fits_beside_th
         time.sleep(2)
         assert lab.budget_readout() == budget, (budget, lab.budget_readout())
         jh.shot(page, "teach-after-task-change")
+
+
+def test_no_notebook_is_marked_unsaved_when_it_opens(tmp_path):
+    """Every notebook of the workshop (lessons and app pages), opened in JupyterLab as a learner opens it:
+    once its kernel is up and idle, the tab carries no unsaved mark (JupyterLab writes the kernel's
+    metadata into a notebook that lacks it, and a learner closing it is then asked to save)."""
+    root = tmp_path / "root"
+    shutil.copytree(ROOT / "notebooks", root / "notebooks", ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*.ipynb"))
+    assert len(names) >= 14, names
+    dirty = []
+    with jh.jupyter_lab(root, tmp_path) as url, jh.browser() as page:
+        page.set_viewport_size(VIEWPORT)
+        for name in names:
+            page.goto(f"{url}/lab/tree/{name}?reset", timeout=120_000)
+            page.wait_for_selector(".jp-Notebook", timeout=120_000)
+            jh.wait_idle(page)
+            time.sleep(2)
+            if page.locator(".jp-mod-dirty").count():
+                dirty.append(name)
+                jh.shot(page, "dirty-" + name.replace("/", "-"))
+    assert dirty == [], dirty
 
 
 APPS = {  # app page -> its title, the widget's root, the card, a control, code that must not show

@@ -271,3 +271,13 @@ def test_rows_timed_otherwise_are_reused_and_said_so(tmp_path):
     assert "2 stored runs reused as timed with batch_size=64, repeats=3" in state.status
     assert "this lab times batch_size=64, repeats=1" in state.status
     runner.close()
+
+
+def test_the_tooltip_names_a_technique_as_its_legend_does():
+    import polars as pl
+
+    from widgets.frontier import label_expr
+
+    df = pl.DataFrame({"model": ["zoo-s", "zoo-m"], "technique": ["early_exit", "quantize+sampling"],
+                       "knob_bits": [None, 4]})
+    assert label_expr(df).to_list() == ["zoo-s early exit", "zoo-m quantize + sampling bits=4"]

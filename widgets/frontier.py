@@ -58,11 +58,13 @@ def records(df: pl.DataFrame, quality: str = QUALITY, filters: dict[str, Any] | 
 
 def label_expr(df: pl.DataFrame) -> pl.Series:
     knobs = sorted(c for c in df.columns if c.startswith("knob_"))
-    parts = [pl.col("model"), pl.col("technique")]
+    technique = pl.col("technique").str.replace_all("_", " ").str.replace_all("+", " + ", literal=True)  # as the legend
+    parts = [pl.col("model"), technique]
     for k in knobs:
         parts.append(pl.when(pl.col(k).is_not_null()).then(pl.lit(k[5:] + "=") + pl.col(k).cast(pl.String))
                      .otherwise(pl.lit("")))
-    return df.select(pl.concat_str(parts, separator=" ").str.replace_all(r"\s+", " ").alias("label"))["label"]
+    label = pl.concat_str(parts, separator=" ").str.replace_all(r"\s+", " ").str.strip_chars()
+    return df.select(label.alias("label"))["label"]
 
 
 def encodings(models: list[str], techniques: list[str]) -> dict[str, dict]:

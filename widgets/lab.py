@@ -323,7 +323,8 @@ class Lab(w.VBox):
             self._apply(known, knobs)
         finally:
             self._selecting = False
-        self.state.status = f"selected {row.get('model')} {row.get('technique')} from the chart"
+        technique = palette.technique_label(str(row.get("technique")))  # "early exit", as the buttons say
+        self.state.status = f"selected {row.get('model')} {technique} from the chart"
 
     def _apply(self, known: list[str], knobs: dict) -> None:
         with self.state.hold_trait_notifications():
