@@ -15,6 +15,9 @@ machine). Target: 50% runs at least 1.3x faster.
 
 Then Wanda against magnitude scores at 50%: both accuracies, and whether Wanda wins.
 
+The must-show figures (the table and the two verdict lines) come from the first command, about
+50 s at load 4.5 on this 2-core machine:
+
     python benchmarks/prune.py                 # n=100 per task, 7 rounds
     python benchmarks/prune.py --quick         # n=50 per task, 3 rounds
     python benchmarks/prune.py --timing-only   # the speed-ups alone (no accuracy), 7 rounds
