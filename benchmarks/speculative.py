@@ -283,7 +283,7 @@ def main(argv=None) -> None:
     ap.add_argument("--new-tokens", type=int, default=48, help="tokens per continuation (--workload text)")
     ap.add_argument("--n", type=int, default=24, help="prompts, decoded one at a time")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved timing repeats per measurement (medians)")
-    ap.add_argument("--runs", type=int, default=1,
+    ap.add_argument("--runs", type=int, default=None,
                     help="whole batch-1 runs in a row (fresh costs and timings each), each run's ratios printed")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
@@ -296,12 +296,13 @@ def main(argv=None) -> None:
                     help="also run batched (e.g. 8 64): the technique's length plan against the target alone")
     ap.add_argument("--batch-n", type=int, default=128, help="prompts for the batched runs")
     ap.add_argument("--quick", action="store_true",
-                    help="the issue's figures: text workload (12 continuations of 64 tokens), lengths 2-6, "
-                         "3 runs, no transformers peers, then batches 8 and 64 at draft_len 4 on 64 prompts")
+                    help="the issue's figures: text workload (10 continuations of 64 tokens), lengths 1-3, "
+                         "3 runs (or --runs), no transformers peers, then batches 8 and 64 at draft_len 4 on "
+                         "64 prompts")
     args = ap.parse_args(argv)
     if args.quick:
-        args.workload, args.new_tokens, args.n, args.lengths = "text", 64, 12, [2, 3, 4, 5, 6]
-        args.runs, args.peers = max(args.runs, 3), False
+        args.workload, args.new_tokens, args.n, args.lengths = "text", 64, 10, [1, 2, 3]
+        args.runs, args.peers = args.runs or 3, False
         args.batch_sizes, args.batch_n = args.batch_sizes or [8, 64], 64
     torch.set_num_threads(args.threads)
     target = ex.load(args.target)
@@ -310,6 +311,7 @@ def main(argv=None) -> None:
     work = workload(args.workload, args.n, args.seed, args.new_tokens)
     bests = []
     with torch.inference_mode():
+        args.runs = args.runs or 1
         for run in range(1, args.runs + 1):
             bests.append(batch_one(target, work, args, run))
             with pl.Config(**TABLE):
