@@ -35,6 +35,13 @@ the mixed generative tasks:
   stop off), its speed-up over the same target-alone baseline, and over
   transformers' own plain greedy generate (skipped with --no-peers and in --quick).
 
+Where a batch-1 round's time goes (zoo-xs drafting g = 3 for zoo-l on text, CPU time,
+per round of 2.9 ms, profiled by section on a loaded machine): the target's verification
+call 75%, the draft's calls 14%, rolling both caches back 1%, acceptance, statistics,
+log-probabilities and the loop's Python 7.5% (10% before one-row rounds ran on Python
+integers), the prompt's calls 3%. The verification call costs
+1.2-1.3 one-token calls (v), which is what Leviathan's v = 1 leaves out.
+
 Why the text workload for the batch-1 figures: Leviathan's expected tokens per round
 assume the text goes on; the tasks' answers end after 6-11 tokens, so most rounds are
 cut short and the prompt's call is a third of the time, and neither is what the
@@ -45,7 +52,7 @@ All decoders run interleaved in every repeat, so drift in machine load hits them
 alike; speed-ups are ratios of medians over repeats. Greedy outputs of every path
 are checked against the target alone (`identical`).
 
-    python benchmarks/speculative.py --quick                    # the issue's figures (~4-8 min)
+    python benchmarks/speculative.py --quick                    # the issue's figures (about 6 min quiet)
     python benchmarks/speculative.py --quick --clock cpu        # on a machine shared with other jobs
     python benchmarks/speculative.py                            # tasks workload, g = 1..8, with transformers' peers
     python benchmarks/speculative.py --workload text --new-tokens 64 --runs 3 --no-peers
