@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from explorer.generate import Generation, draw, per_row, positions, strip_eos, uniform
-from explorer.layerwise import fast_layers, rms_norm, rotate_half
+from explorer.layerwise import fused_decoder, rms_norm, rotate_half
 
 # Beyond 32 proposals a round gains nothing: even at acceptance 0.9 the chance
 # that all 32 survive is 3%, while the draft pays for every one of them.
@@ -240,30 +240,26 @@ def fused_layer(layer, h, cos, sin, hidden, keys, values, t: int) -> torch.Tenso
     return h + layer.mlp(rms_norm(h, layer.norm2, layer.eps2))
 
 
-# Fused layers and rotary tables per model, built once (None: transformers' layers must run it).
-_LAYERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+# Rotary cos/sin tables per model (positions 0 .. context - 1), built once.
+_ROPE: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
 def fused_side(hf) -> FusedSide | None:
-    """A fresh `FusedSide` for `hf`, or None where `fast_layers` cannot run it."""
-    if hf not in _LAYERS:
-        try:
-            with torch.inference_mode():
-                # Plain Linears fused (Q/K/V and gate/up one matmul each); other kernels called as modules.
-                layers = (fast_layers(hf) or fast_layers(hf, modules=True)) if hasattr(
-                    hf, "model") and hasattr(hf, "lm_head") else None
-                rope = None
-                if layers is not None:
-                    n = getattr(hf.config, "max_position_embeddings", 2048)
-                    like = hf.model.embed_tokens.weight[:1, None]
-                    cos, sin = hf.model.rotary_emb(like, position_ids=torch.arange(n)[None])
-                    rope = (cos[0], sin[0])
-                _LAYERS[hf] = None if layers is None else (layers, rope)
-        except (AttributeError, TypeError):
-            _LAYERS[hf] = None
-    built = _LAYERS[hf]
-    return None if built is None else FusedSide(hf, *built)
+    """A fresh `FusedSide` for `hf`, or None where the fused decode path cannot run it.
 
+    Its layers are the plain decode path's own (`explorer.layerwise.fused_decoder`: the same
+    model types, the same fused copies for small models, rebuilt when a weight changes), so
+    speculating costs no second copy of the weights."""
+    fused = fused_decoder(hf) if hasattr(hf, "config") and hasattr(hf, "model") else None
+    if fused is None:
+        return None
+    if hf not in _ROPE:
+        with torch.inference_mode():
+            n = getattr(hf.config, "max_position_embeddings", 2048)
+            like = hf.model.embed_tokens.weight[:1, None]
+            cos, sin = hf.model.rotary_emb(like, position_ids=torch.arange(n)[None])
+        _ROPE[hf] = (cos[0], sin[0])
+    return FusedSide(hf, fused.layers, _ROPE[hf])
 
 
 class Draft:
