@@ -105,48 +105,40 @@ class ExitStats:
 
 
 class KVCache:
-    """Keys and values of every layer in one preallocated (layers, 2, batch, kv heads, capacity,
-    head dim) buffer: index 0 of the second axis the keys, 1 the values.
+    """Keys and values, one preallocated (batch, kv heads, capacity, head dim) buffer per layer.
 
     Each step writes one new column (position `length`) per layer: a layer that
     runs writes its running rows' keys and values (`append`) and attends over
-    the columns so far; the K/V fill writes the rows that exited below it, every
-    layer at once (`write_all`); `close` moves to the next position. Nothing is
-    copied per step for a layer no row runs, so the cache's cost follows the rows
-    that run (a concatenation per layer and step, as transformers' DynamicCache
-    does, copied every row's cache at every layer: at batch 64 that was a tenth of
-    a step and early exit saved none of it). All rows running attend over a
-    strided view of the buffer; a subset gathers its rows (contiguous). One buffer
-    for all layers lets the fill write its whole column in one operation (it took
-    two per layer; zoo-l's shape at batch 64, one thread: 3 rows owed at 7 layers
-    67 -> 17 us, 60 rows at 6 layers 161 -> 127 us). The buffer doubles when full.
+    the columns so far; the K/V fill writes the rows that exited below it
+    (`write`); `close` moves to the next position. Nothing is copied per step
+    for a layer no row runs, so the cache's cost follows the rows that run (a
+    concatenation per layer and step, as transformers' DynamicCache does,
+    copied every row's cache at every layer: at batch 64 that was a tenth of a
+    step and early exit saved none of it). All rows running attend over a
+    strided view of the buffer; a subset gathers its rows (contiguous). The
+    buffers double when full.
     """
 
     def __init__(self, keys: list[torch.Tensor], values: list[torch.Tensor], spare: int = 32):
         b, h, t, d = keys[0].shape
         self.length = t
+        self.keys = [self._buffer(k, t + spare) for k in keys]
+        self.values = [self._buffer(v, t + spare) for v in values]
+
+    @staticmethod
+    def _buffer(x: torch.Tensor, capacity: int) -> torch.Tensor:
+        b, h, t, d = x.shape
         # Uninitialised beyond t: a live row's column is written (by its layer or the fill) before it
         # is read; a finished row's is never read again.
-        self.kv = keys[0].new_empty(len(keys), 2, b, h, t + spare, d)
-        for j, (k, v) in enumerate(zip(keys, values)):  # one copy each (stacking first copied twice)
-            self.kv[j, 0, :, :, :t] = k
-            self.kv[j, 1, :, :, :t] = v
-        self._views()
-
-    def _views(self) -> None:
-        # Per layer, its keys' and values' (batch, kv heads, capacity, head dim) part of the buffer:
-        # views made once (indexing the buffer per layer and step cost ~4 us a layer).
-        self.keys = list(self.kv[:, 0].unbind(0))
-        self.values = list(self.kv[:, 1].unbind(0))
-        self.flat = self.kv.flatten(0, 2)
+        buf = x.new_empty(b, h, capacity, d)
+        buf[:, :, :t] = x
+        return buf
 
     def open(self) -> None:
-        capacity = self.kv.shape[4]
+        capacity = self.keys[0].shape[2]
         if self.length + 1 > capacity:
-            grown = self.kv.new_empty(*self.kv.shape[:4], 2 * capacity, self.kv.shape[5])
-            grown[:, :, :, :, : self.length] = self.kv[:, :, :, :, : self.length]
-            self.kv = grown
-            self._views()
+            self.keys = [self._buffer(k[:, :, : self.length], 2 * capacity) for k in self.keys]
+            self.values = [self._buffer(v[:, :, : self.length], 2 * capacity) for v in self.values]
 
     def append(self, layer: int, rows: torch.Tensor | None, k: torch.Tensor, v: torch.Tensor):
         """Write the running rows' keys and values (rows, heads, 1, head dim) at this layer; return
@@ -158,25 +150,15 @@ class KVCache:
             vb[:, :, t] = v[:, :, 0]
             return kb[:, :, : t + 1], vb[:, :, : t + 1]
         # index_copy_/index_select rather than advanced indexing: the same copies, a third of the
-        # time on these shapes (a subset's gather was most of a deep layer's per-row cost). Keys and
-        # values gathered apart: one index_select over both (dim 1 of the layer's buffer) took twice as long.
+        # time on these shapes (a subset's gather was most of a deep layer's per-row cost).
         kb[:, :, t].index_copy_(0, rows, k[:, :, 0])
         vb[:, :, t].index_copy_(0, rows, v[:, :, 0])
         return kb[:, :, : t + 1].index_select(0, rows), vb[:, :, : t + 1].index_select(0, rows)
 
     def write(self, layer: int, rows: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """The fill, one layer: keys and values (rows, heads, head dim) of rows that did not run it."""
+        """The fill: keys and values (rows, heads, head dim) of rows that did not run this layer."""
         self.keys[layer][:, :, self.length].index_copy_(0, rows, k)
         self.values[layer][:, :, self.length].index_copy_(0, rows, v)
-
-    def write_all(self, layers: torch.Tensor, rows: torch.Tensor, kv: torch.Tensor) -> None:
-        """The fill, every layer in one operation: flat row i's keys and values kv[i] (2, heads,
-        head dim) go to layer layers[i], row rows[i]."""
-        # index_copy_ over the buffer seen as (layers x 2 x batch, heads, capacity, head dim): faster than
-        # index_put_ on the column (158 against 127 us for 60 rows at 6 layers).
-        b = self.kv.shape[2]
-        at = (layers[:, None] * 2 + torch.arange(2)) * b + rows[:, None]  # (rows, keys and values)
-        self.flat[:, :, self.length].index_copy_(0, at.flatten(), kv.flatten(0, 1))
 
     def close(self) -> None:
         self.length += 1
@@ -207,10 +189,9 @@ class KVFill:
         self.head_dim = layers[0].self_attn.head_dim
 
     def __call__(self, x: torch.Tensor, first: int, counts: list[int], cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of layer `first + i` for the first `counts[i]` frozen states of x (rows, width),
-        and which state each flat row is.
+        """Keys and values of layer `first + i` for the first `counts[i]` frozen states of x (rows, width).
 
-        Flat (sum of counts, 2, kv heads, head dim): keys then values, layer after layer. The rows come
+        Flat (sum of counts, kv heads, head dim), layer after layer. The rows come
         ordered by exit layer, lowest first, so the rows a layer owes are a prefix:
         each layer's matmul takes only them (what the FLOPs count charges), no gather.
         """
@@ -224,12 +205,10 @@ class KVFill:
             else:
                 torch.addmm(self.bias[j], n[:m], self.weight[j].t(), out=kv[start : start + m])
             start += m
-        kv = kv.unflatten(-1, (2, -1, self.head_dim))  # (flat rows, keys and values, kv heads, head dim)
+        k, v = kv.unflatten(-1, (-1, self.head_dim)).chunk(2, dim=1)
         at = torch.tensor([r for m in counts for r in range(m)])  # each flat row's state
         c, s_ = cos[at, None], sin[at, None]
-        k = kv[:, 0]
-        kv[:, 0] = k * c + rotate_half(k) * s_  # rotary, as LlamaAttention does
-        return kv, at
+        return k * c + rotate_half(k) * s_, v  # rotary, as LlamaAttention does
 
 
 class RowsView:
@@ -429,20 +408,18 @@ class ExitingModel:
         sizes = [(p[4], len(p[0])) for p in pending]
         counts = [sum(m for e, m in sizes if e <= j) for j in range(first, depth)]  # rows owed per layer
         if self.kv is not None:
-            kv, at = self.kv(x, first, counts, cos[:, 0], sin[:, 0])  # flat, layer after layer
-            layer = torch.arange(first, depth).repeat_interleave(torch.tensor(counts))
-            cache.write_all(layer, rows.index_select(0, at), kv)  # every layer's column in one write
-            for j, m in enumerate(counts, start=first):
-                self.stats.fill_rows[j] += m
-            self.stats.kv_fill_s += time.perf_counter() - start
-            return
-        # Projections that are not plain Linear (a quantized kernel): each layer's own modules.
+            k, v = self.kv(x, first, counts, cos[:, 0], sin[:, 0])  # flat, layer after layer
+        at = 0
         for j, m in enumerate(counts, start=first):
-            attn = self.layers[j].self_attn
-            xn = self.layers[j].input_layernorm(x[:m, None])
-            kj = attn.k_proj(xn).unflatten(-1, (-1, attn.head_dim))[:, 0]  # (rows, kv heads, head dim)
-            kj = kj * cos[:m] + rotate_half(kj) * sin[:m]
-            vj = attn.v_proj(xn).unflatten(-1, (-1, attn.head_dim))[:, 0]
+            if self.kv is not None:
+                kj, vj = k[at : at + m], v[at : at + m]
+                at += m
+            else:  # projections that are not plain Linear (a quantized kernel): this layer's own modules
+                attn = self.layers[j].self_attn
+                xn = self.layers[j].input_layernorm(x[:m, None])
+                kj = attn.k_proj(xn).unflatten(-1, (-1, attn.head_dim))[:, 0]  # (rows, kv heads, head dim)
+                kj = kj * cos[:m] + rotate_half(kj) * sin[:m]
+                vj = attn.v_proj(xn).unflatten(-1, (-1, attn.head_dim))[:, 0]
             cache.write(j, rows[:m], kj, vj)
             self.stats.fill_rows[j] += m
         self.stats.kv_fill_s += time.perf_counter() - start

@@ -204,39 +204,6 @@ def test_the_layer_by_layer_fill_for_quantized_projections_equals_the_batched_on
 
 # ---------------------------------------------------------------- the result row
 
-def test_the_one_write_fill_puts_each_row_where_the_layer_by_layer_writes_do():
-    """`KVCache.write_all` (every layer's fill column in one write) against `write` per layer, on a
-    cache that has grown past its spare capacity: the buffers end bit for bit equal, and columns no
-    one wrote keep what the prompt put there."""
-    from explorer.layerwise import KVCache
-
-    g = torch.Generator().manual_seed(0)
-    layers, batch, heads, dim, t = 4, 5, 2, 3, 2
-    keys = [torch.randn(batch, heads, t, dim, generator=g) for _ in range(layers)]
-    values = [torch.randn(batch, heads, t, dim, generator=g) for _ in range(layers)]
-    a, b = KVCache(keys, values, spare=1), KVCache(keys, values, spare=1)
-    for c in (a, b):
-        c.open(), c.close()  # fills the one spare column (with uninitialised rows), then grows
-        c.open()
-    assert a.kv.shape[4] == 2 * (t + 1) and a.length == t + 1
-    for c in (a, b):
-        c.kv[:, :, :, :, t:] = 0.0  # what the growth left uninitialised
-    rows = torch.tensor([3, 0, 4])  # owed: layer 1 rows 3, 0, 4; layer 2 rows 3, 0; layer 3 row 3
-    counts, first = [3, 2, 1], 1
-    kv = torch.randn(sum(counts), 2, heads, dim, generator=g)
-    at, flat = 0, []
-    for j, m in enumerate(counts, start=first):
-        a.write(j, rows[:m], kv[at : at + m, 0], kv[at : at + m, 1])
-        flat += [(j, r) for r in rows[:m].tolist()]
-        at += m
-    b.write_all(torch.tensor([j for j, _ in flat]), torch.tensor([r for _, r in flat]), kv)
-    assert torch.equal(a.kv, b.kv)
-    assert b.kv[0, :, :, :, t + 1].abs().sum() == 0 and b.kv[3, :, 1, :, t + 1].abs().sum() == 0
-    assert torch.equal(b.keys[3][3, :, t + 1], kv[-1, 0]) and torch.equal(b.values[2][0, :, t + 1], kv[4, 1])
-    for j in range(layers):  # the prompt's columns survived the growth
-        assert torch.equal(b.keys[j][:, :, :t], keys[j]) and torch.equal(b.values[j][:, :, :t], values[j])
-
-
 def test_a_row_keeps_every_token_exit_layer_and_counts_what_ran(mid_model):
     depth = mid_model.facts.layers
     row = ex.run(mid_model, "addition", ex.EarlyExit("max_prob", 0.9, min_layers=2), n=12, repeats=1)
