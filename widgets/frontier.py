@@ -138,24 +138,35 @@ def tick_format(cost_axis: str) -> str:
     return "~g" if metric(cost_axis).unit else "~s"
 
 
-def retitled(spec: dict, cost_axis: str) -> dict:
-    """A copy of `spec` whose x axis names `cost_axis` with its unit (a title is not a param)."""
-    new = copy.deepcopy({k: v for k, v in spec.items() if k != "datasets"})
-    new["datasets"] = spec.get("datasets", {})
+def encodings_in(node) -> list[dict]:
+    """Every `encoding` dict in a Vega-Lite spec, at any depth (layers, concats, facets), to edit in
+    place. Collected before the caller edits any (a list, not a generator, so no dict changes size
+    while it is walked). Written by hand: altair edits a chart object, not a spec dict."""
+    found = []
 
     def walk(node):
         if isinstance(node, dict):
-            enc = node.get("encoding")
-            if isinstance(enc, dict) and isinstance(enc.get("x"), dict) and enc["x"].get("field") == "cost":
-                enc["x"]["title"] = axis_title(cost_axis)
-                enc["x"].setdefault("axis", {})["format"] = tick_format(cost_axis)
+            if isinstance(node.get("encoding"), dict):
+                found.append(node["encoding"])
             for v in node.values():
                 walk(v)
         elif isinstance(node, list):
             for v in node:
                 walk(v)
 
-    walk(new)
+    walk(node)
+    return found
+
+
+def retitled(spec: dict, cost_axis: str) -> dict:
+    """A copy of `spec` whose x axis names `cost_axis` with its unit (a title is not a param)."""
+    new = copy.deepcopy({k: v for k, v in spec.items() if k != "datasets"})
+    new["datasets"] = spec.get("datasets", {})
+
+    for enc in encodings_in(new):
+        if isinstance(enc.get("x"), dict) and enc["x"].get("field") == "cost":
+            enc["x"]["title"] = axis_title(cost_axis)
+            enc["x"].setdefault("axis", {})["format"] = tick_format(cost_axis)
     return new
 
 
@@ -163,21 +174,11 @@ def rescaled(spec: dict, models: list[str], techniques: list[str]) -> dict:
     """`spec` with the colour and shape scales for these models and techniques (same grammar)."""
     scales = encodings(models, techniques)
 
-    def walk(node):
-        if isinstance(node, dict):
-            enc = node.get("encoding")
-            if isinstance(enc, dict):
-                for channel, field in (("color", "model"), ("shape", "technique_label")):
-                    e = enc.get(channel)
-                    if isinstance(e, dict) and e.get("field") == field and isinstance(e.get("scale"), dict):
-                        e["scale"] = dict(scales[channel])
-            for v in node.values():
-                walk(v)
-        elif isinstance(node, list):
-            for v in node:
-                walk(v)
-
-    walk(spec)
+    for enc in encodings_in(spec):
+        for channel, field in (("color", "model"), ("shape", "technique_label")):
+            e = enc.get(channel)
+            if isinstance(e, dict) and e.get("field") == field and isinstance(e.get("scale"), dict):
+                e["scale"] = dict(scales[channel])
     return spec
 
 

@@ -50,7 +50,9 @@ from widgets.state import LabState
 
 REPEATS = 1  # one timed pass per live run: the lab favours a fast answer; sweeps can repeat
 # Problems in a first estimate, at most: one per difficulty level (tasks cycle difficulties 1..5), so
-# the rough point is not biased to easy problems, and its Wilson interval shows how rough it is.
+# a full-size first estimate is not biased to easy problems, and its Wilson interval shows how rough
+# it is. One the time budget cuts to k < 5 problems saw difficulties 1..k only: it leans easy, and the
+# chart and card say how many problems it saw.
 PREVIEW_N = 5
 # Seconds of compute that every selected model's first estimate shares: with the debounce and the
 # redraw, every model has a point within 1.5 s of a move on two cores (benchmarks/lab.py).
@@ -323,7 +325,6 @@ class Runner:
             self._timer.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._preview_pool.shutdown(wait=False, cancel_futures=True)
-
 
 
 def preview_row(row: dict[str, Any], job: Job) -> dict[str, Any]:
