@@ -494,6 +494,40 @@ class Speculation(Generation):
 
 
 @dataclass(frozen=True)
+class ModeTrial:
+    """One batch decoded both ways on its own prompts, in turn: CPU seconds of each pass.
+
+    The length plan's cost model prices one round; a whole call also pays what both modes pay
+    alike (the prompt's call), rounds cut short by short answers, and the loop's per-round
+    bookkeeping. At batch 8 on the zoo (zoo-l, addition) it promised 1.25x where the calls ran
+    at 1.0-1.08x. The trial times the calls themselves, and speculation runs only where every
+    pass was faster and the median pass clears `TRIAL_MARGIN`: a decision well outside the
+    trial's own noise, so it comes out the same in every process unless the gain sits on the edge.
+    """
+
+    plain: tuple[float, ...]
+    speculative: tuple[float, ...]
+
+    @property
+    def ratios(self) -> list[float]:
+        """Each pass's plain seconds over its speculative seconds (above 1: speculation was faster)."""
+        return [p / s for p, s in zip(self.plain, self.speculative)]
+
+    @property
+    def gain(self) -> float:
+        return statistics.median(self.ratios)
+
+    def pays(self, margin: float | None = None) -> bool:
+        r = self.ratios
+        return bool(r) and statistics.median(r) >= (TRIAL_MARGIN if margin is None else margin) and min(r) > 1.0
+
+    def describe(self) -> str:
+        r = self.ratios
+        return (f"trial {self.gain:.2f}x over plain ({len(r)} passes {min(r):.2f}-{max(r):.2f}; "
+                f"speculates at >= {TRIAL_MARGIN:.2f}x with every pass > 1)")
+
+
+@dataclass(frozen=True)
 class LengthPlan:
     """Costs measured at one batch size, to choose each round's draft length (0: plain decoding).
 
@@ -504,10 +538,12 @@ class LengthPlan:
     length can pay. A round of length g yields (1 - a^(g+1)) / (1 - a) tokens
     (Leviathan) for g c + verify[g]; the plan picks the g that yields most per unit,
     with `alpha` the acceptance seen so far, and 0 when nothing beats one token per call.
+    `trial`, when the plan was tried on the batch (`trial_modes`): whether speculating paid.
     """
 
     cost_ratio: float
     verify: tuple[float, ...]
+    trial: ModeTrial | None = None
 
     def best(self, alpha: float) -> int:
         def rate(g):
@@ -519,18 +555,40 @@ class LengthPlan:
         # speculate only where the model promises a clear gain.
         return g if rate(g) >= PLAN_MARGIN else 0
 
+    def speculates(self) -> bool:
+        """Whether a batch under this plan speculates at all: a length pays at the prior acceptance,
+        and, where it was tried, speculating ran clearly faster than plain decoding."""
+        return self.best(PRIOR_ALPHA) > 0 and (self.trial is None or self.trial.pays())
+
     def describe(self) -> str:
-        """What the row records: the measured costs and the length they give at the prior acceptance."""
+        """What the row records: the mode and why, from the measured costs and the trial."""
         g = self.best(PRIOR_ALPHA)
-        return (f"{'plain' if g == 0 else f'draft_len {g}'} at acceptance {PRIOR_ALPHA}; draft call "
-                f"{self.cost_ratio:.2f}, verify 1..{len(self.verify)} tokens "
-                + "/".join(f"{v:.2f}" for v in self.verify) + " one-token target calls")
+        mode = "plain" if not self.speculates() else f"draft_len {g}"
+        return (f"{mode} at acceptance {PRIOR_ALPHA}; draft call {self.cost_ratio:.2f}, verify 1..{len(self.verify)} "
+                "tokens " + "/".join(f"{v:.2f}" for v in self.verify) + " one-token target calls"
+                + (f"; {self.trial.describe()}" if self.trial is not None else ""))
+
+
+def trial_modes(plain, speculative, *, passes: int | None = None, clock=time.thread_time) -> ModeTrial:
+    """Time `plain()` and `speculative()` (each decodes the same batch) `passes` times each, after one
+    untimed call of each; the order alternates from pass to pass, so neither always goes first."""
+    passes = TRIAL_PASSES if passes is None else passes
+    seconds: tuple[list, list] = ([], [])
+    for i in range(passes + 1):
+        for side in ((0, 1) if i % 2 else (1, 0)):
+            t = clock()
+            (plain, speculative)[side]()
+            if i:
+                seconds[side].append(clock() - t)
+    return ModeTrial(tuple(seconds[0]), tuple(seconds[1]))
 
 
 # Until a call has judged proposals of its own, the plan assumes this acceptance (the zoo's
 # drafts reach 0.5-0.95); after that the call's running rate, pulled toward it by 4 proposals.
 PRIOR_ALPHA, PRIOR_WEIGHT = 0.7, 4
 PLAN_MARGIN = 1.1  # a length is chosen only if it promises at least 10% more tokens per unit of cost
+# A batch speculates only if its trial's median pass ran this much faster than plain decoding.
+TRIAL_MARGIN, TRIAL_PASSES = 1.05, 5
 
 
 @torch.inference_mode()

@@ -150,3 +150,62 @@ def test_a_plan_that_changes_its_mind_mid_call_keeps_the_targets_output(target, 
     s = spec.stats
     assert s.columns()["spec_mode"] == "mixed" and 0 < s.plain_steps < s.steps and s.drafted > 0
     assert s.tokens == s.accepted + s.target_calls - s.eos_accepted
+
+
+def test_a_trial_speculates_only_when_every_pass_was_faster_and_the_median_clears_the_margin():
+    from explorer.speculative import TRIAL_MARGIN, ModeTrial
+
+    clear = ModeTrial(plain=(1.0, 1.0, 1.0), speculative=(0.8, 0.85, 0.9))  # 1.25, 1.18, 1.11
+    assert clear.pays() and clear.gain == pytest.approx(1.0 / 0.85)
+    assert not ModeTrial((1.0, 1.0, 1.0), (0.8, 0.8, 1.01)).pays()  # one pass slower: not clear
+    edge = ModeTrial((1.0, 1.0, 1.0), (0.99, 0.98, 0.99))  # faster every time, by less than the margin
+    assert TRIAL_MARGIN > 1.02 and not edge.pays() and edge.pays(margin=1.01)
+    assert not ModeTrial((), ()).pays()
+    assert "trial 1.18x over plain (3 passes 1.11-1.25" in clear.describe()
+
+
+def test_trial_modes_times_both_sides_in_alternating_order_after_a_warm_up():
+    from explorer.speculative import trial_modes
+
+    now, calls = [0.0], []
+
+    def side(name, seconds):
+        def run():
+            calls.append(name)
+            now[0] += seconds
+        return run
+
+    trial = trial_modes(side("plain", 2.0), side("spec", 1.0), passes=4, clock=lambda: now[0])
+    assert trial.plain == (2.0,) * 4 and trial.speculative == (1.0,) * 4 and trial.ratios == [2.0] * 4
+    assert calls[:2] == ["spec", "plain"] and calls[2:4] == ["plain", "spec"] and len(calls) == 10
+    same = side("plain", 1.0)  # identical code on both sides: ratio 1, so no speculation
+    assert not trial_modes(same, same, passes=3, clock=lambda: now[0]).pays()
+
+
+def test_a_plan_whose_trial_did_not_pay_decodes_plainly_and_the_row_says_why(target, monkeypatch):
+    from explorer import speculative as S
+    from explorer.techniques import speculative as TS
+
+    cheap = S.LengthPlan(0.1, (1.0, 1.05, 1.1, 1.15))  # the cost model alone would speculate
+    assert cheap.best(S.PRIOR_ALPHA) > 0 and cheap.speculates()
+    tried = []
+    monkeypatch.setattr(TS, "plan_lengths", lambda *a, **k: cheap)
+    monkeypatch.setattr(TS, "_PLANS", __import__("weakref").WeakKeyDictionary())
+    prompts = [e.prompt for e in T.get("addition").examples(6, 5)]
+    alone = generate(target.hf, target.tokenizer, prompts, max_new_tokens=8)
+    technique = ex.Speculative(draft="zoo-xs", draft_len=3)
+    for seconds, mode in (((1.0, 1.01, 0.99), "plain"), ((1.3, 1.25, 1.2), "speculative")):
+        def trial(plain, spec, **_):
+            tried.append((plain().tokens, spec().tokens))  # the trial decodes this batch both ways
+            return S.ModeTrial((1.0, 1.0, 1.0), tuple(1.0 / r for r in seconds))
+        monkeypatch.setattr(TS, "trial_modes", trial)
+        TS._PLANS.clear()
+        out = technique.generate(target, prompts, max_new_tokens=8, seed=0)
+        assert out.tokens == alone.tokens and tried[-1] == (alone.tokens, alone.tokens)
+        cols = technique.columns(target, [out])
+        assert cols["spec_mode"] == mode and cols["spec_trial_gain"] == pytest.approx(sorted(seconds)[1])
+        assert "trial" in cols["spec_plan"] and cols["spec_plan"].startswith(
+            "plain at" if mode == "plain" else "draft_len")
+        assert (cols["draft_calls"] == 0) == (mode == "plain")
+    technique.generate(target, prompts, max_new_tokens=8, seed=0)
+    assert len(tried) == 2  # one trial per batch size and target, kept for the process

@@ -16,12 +16,12 @@ import functools
 import hashlib
 import statistics
 import weakref
-from collections.abc import Mapping
 from typing import Any, ClassVar
 
 
 from explorer.speculative import (DRAFTS, MAX_DRAFT_LEN, PRIOR_ALPHA, Draft, LengthPlan, SpecStats, Speculation, check_knobs,
-                                  check_pair, measure_costs, plan_lengths, predicted_speedup, speculative_generate)
+                                  check_pair, measure_costs, plan_lengths, predicted_speedup, speculative_generate,
+                                  trial_modes)
 from explorer.techniques.base import DECODES, EVALUATES, Knob, Technique, technique
 from explorer.cost import flops_per_token, timed
 from explorer.fingerprint import stamp
@@ -40,7 +40,7 @@ def _load_draft(name: str, stamp: tuple):
     return load(name)
 
 
-# Length plans per target model, by (draft, batch size, draft_len): measured once, a few calls each.
+# Length plans per target model, by (draft, batch size, draft_len, max_new_tokens): measured once.
 _PLANS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -79,8 +79,12 @@ class Speculative(Technique):
     Greedy at batch size > 1 with a fixed length, each round's draft length is chosen
     from costs measured at that batch size (`explorer.speculative.LengthPlan`), with
     `draft_len` as the cap; where verification is compute-bound, no length pays and
-    the batch decodes plainly with the target alone. The row's `spec_mode` says which
-    ran: "speculative", "plain" or "mixed".
+    the batch decodes plainly with the target alone. Where a length does pay on paper,
+    the first batch of that size is decoded both ways a few times (a trial): unless
+    speculating ran clearly faster (`explorer.speculative.TRIAL_MARGIN`, every pass
+    faster), the batch decodes plainly too. The row's `spec_mode` says which ran:
+    "speculative", "plain" or "mixed"; `spec_plan` why, with the plan's figures, and
+    `spec_trial_gain` the trial's median plain-over-speculative time (NaN: no trial).
     """
 
     name: ClassVar[str] = "speculative"
@@ -126,32 +130,41 @@ class Speculative(Technique):
         """Whether a batch of `rows` prompts chooses its draft lengths from measured costs."""
         return rows > 1 and self.temperature == 0 and self.adaptive is None
 
-    def length_plan(self, model, draft, enc) -> LengthPlan:
-        """The plan for this batch size, measured on first use (a few calls of each width) on top
-        of `enc` (a tokenizer's output, or the prompts), then kept for this process and this target.
+    def length_plan(self, model, prompts: list[str], max_new_tokens: int) -> LengthPlan:
+        """The plan for this batch size, measured on first use on these prompts, then kept for this
+        process and this target: the costs of each width (`plan_lengths`, a few calls each) and, if
+        a length pays at the prior acceptance, a trial of the batch decoded both ways
+        (`explorer.speculative.trial_modes`), which must find speculation clearly faster.
 
         The plan decides how a greedy batch decodes, never what it emits (the output is the
         target's either way, tested); it does decide the row's counts (calls, acceptance,
-        `spec_mode`), and the row records it (`spec_plan`)."""
-        rows = enc["input_ids"].shape[0] if isinstance(enc, Mapping) else len(enc)
+        `spec_mode`), and the row records it (`spec_plan`, `spec_trial_gain`)."""
         plans = _PLANS.setdefault(model.hf, {})
-        key = (self.draft, getattr(self, "exit_layer", None), rows, self.draft_len)
+        key = (self.draft, getattr(self, "exit_layer", None), len(prompts), self.draft_len, max_new_tokens)
         if key not in plans:
-            if not isinstance(enc, Mapping):
-                enc = model.tokenizer(list(enc), return_tensors="pt", padding=True)
-            plans[key] = plan_lengths(model, draft if draft is not None else self.draft_model(model), enc,
-                                      max_len=self.draft_len)
+            draft = self.draft_model(model)
+            enc = model.tokenizer(list(prompts), return_tensors="pt", padding=True)
+            plan = plan_lengths(model, draft, enc, max_len=self.draft_len)
+            if plan.best(PRIOR_ALPHA) > 0:
+                plan = dataclasses.replace(plan, trial=trial_modes(
+                    lambda: self.plainly(model, prompts, max_new_tokens=max_new_tokens),
+                    lambda: self.speculate(model, prompts, max_new_tokens=max_new_tokens, seed=0, plan=plan)))
+            plans[key] = plan
         return plans[key]
 
     def generate(self, model, prompts: list[str], *, max_new_tokens: int, seed: int):
-        plan = self.length_plan(model, None, prompts) if self.plans_lengths(len(prompts)) else None
-        if plan is not None and plan.best(PRIOR_ALPHA) == 0:
-            # No length pays at the acceptance the plan starts from, and a plain round judges nothing
-            # that could change its mind: the whole batch decodes plainly, exactly as the target alone
+        plan = self.length_plan(model, prompts, max_new_tokens) if self.plans_lengths(len(prompts)) else None
+        if plan is not None and not plan.speculates():
+            # No length pays at the acceptance the plan starts from, or speculating was not clearly
+            # faster on this batch: the whole batch decodes plainly, exactly as the target alone
             # does (the shared loop, nothing encoded or loaded before it).
             out = self.plainly(model, prompts, max_new_tokens=max_new_tokens)
             out.plan = plan
             return out
+        return self.speculate(model, prompts, max_new_tokens=max_new_tokens, seed=seed, plan=plan)
+
+    def speculate(self, model, prompts: list[str], *, max_new_tokens: int, seed: int, plan: LengthPlan | None):
+        """The speculative loop on this batch (each round's length from `plan`, if any)."""
         enc = encode(model.tokenizer, prompts, model.facts.context - max_new_tokens)
         draft = self.draft_model(model)
         trace: list[dict] = []
@@ -184,21 +197,21 @@ class Speculative(Technique):
         plan = getattr(generations[0], "plan", None)
         return stats.columns() | {"output_digest": digest([t for g in generations for t in g.texts]),
                                   "spec_trace": stream(model.tokenizer, generations[0].trace or []),
-                                  "spec_plan": plan.describe() if plan is not None else None}
+                                  "spec_plan": plan.describe() if plan is not None else None,
+                                  "spec_trial_gain": plan.trial.gain if plan is not None and plan.trial else float("nan")}
 
     def estimate(self, model, task, examples, *, seed: int, repeats: int, batch_size: int) -> dict[str, Any]:
         """The shared evaluation alone (the lab's first estimate): the target-alone timing and the
         cost ratios (about a second of fixed cost, whatever the number of problems) come with the full run."""
-        self.measure_plan(model, [e.prompt for e in examples[:batch_size]])
+        self.measure_plan(model, [e.prompt for e in examples[:batch_size]], task.max_new_tokens)
         row = evaluate(self, model, task, examples, seed=seed, repeats=repeats, batch_size=batch_size)
         row.pop("output_digest")
         return row
 
-    def measure_plan(self, model, prompts: list[str]) -> None:
+    def measure_plan(self, model, prompts: list[str], max_new_tokens: int) -> None:
         """Measure the length plan before anything is timed (it is measured once per batch size)."""
         if self.plans_lengths(len(prompts)):
-            self.length_plan(model, self.draft_model(model), model.tokenizer(prompts, return_tensors="pt",
-                                                                             padding=True))
+            self.length_plan(model, prompts, max_new_tokens)
 
     def evaluate(self, model, task, examples, *, seed: int, repeats: int, batch_size: int) -> dict[str, Any]:
         """The shared evaluation, with the target alone timed between its repeats."""
@@ -210,7 +223,7 @@ class Speculative(Technique):
                                       seed=[example_seed(seed, i * batch_size + j) for j in range(len(c))])
                     for i, c in enumerate(chunks)]
 
-        self.measure_plan(model, chunks[0])
+        self.measure_plan(model, chunks[0], task.max_new_tokens)
         rows, walls_alone = [], []
         for _ in range(repeats):  # interleaved, so drift in machine load hits both sides alike
             rows.append(evaluate(self, model, task, examples, seed=seed, repeats=1, batch_size=batch_size))
