@@ -445,6 +445,51 @@ class State:
         return State(*(None if x is None else x[start:stop] for x in vars(self).values()))
 
 
+# A matmul of at least this many rows goes through oneDNN (`Projection`); fewer, through F.linear.
+# Measured here (AMD Zen 5, one thread, fp32, weights 576x192, 1024x192, 192x512): F.linear (MKL)
+# at 1 row 6.8 / 11.7 / 5.5 us, 2 rows 12.5 / 20.2 / 9.5; oneDNN 14.5 / 18.0 / 13.9 and
+# 14.8 / 19.3 / 14.2; at 4 rows MKL 16.8 / 32.9 / 14.8 against oneDNN 14.9 / 20.7 / 13.8.
+ONEDNN_MIN_ROWS = 3
+
+
+def _onednn_pack(weight: torch.Tensor) -> torch.Tensor | None:
+    """`weight` reordered once into oneDNN's blocked layout for its linear kernel; None where that
+    kernel is missing (a torch built without oneDNN) or the dtype is not float32."""
+    if weight.dtype != torch.float32 or weight.device.type != "cpu" or not torch.backends.mkldnn.is_available():
+        return None
+    try:
+        packed = torch.ops.mkldnn._reorder_linear_weight(weight)
+        x = torch.zeros(ONEDNN_MIN_ROWS, weight.shape[1])
+        torch.ops.mkldnn._linear_pointwise(x, packed, None, "none", [], "")  # runs here, or None
+    except (AttributeError, RuntimeError):
+        return None
+    return packed
+
+
+class Projection:
+    """x @ weight.T (+ bias) for float32 weights, through the faster of two CPU kernels for the rows.
+
+    On this CPU (AMD Zen 5) torch's F.linear runs MKL's float32 GEMM on an AVX2-class path
+    (~105 GFLOP/s at one thread) whose cost grows with every row from the first: a matmul of
+    5 rows costs 3-4 one-row matmuls here. oneDNN's linear on a weight reordered once (its
+    blocked layout; what torch.compile's CPU backend uses) runs AVX-512 (~250 GFLOP/s) and
+    costs nearly the same for 1 to 8 rows, but has a fixed cost above MKL's single-row
+    product. So one row (a decode step at batch 1) takes F.linear and `ONEDNN_MIN_ROWS` or
+    more (a verification call, a batch) take oneDNN: at 64 rows 66 / 113 / 61 us against
+    138 / 246 / 122. Both accumulate in float32; they differ by rounding only (tests pin it).
+    The reordered weight is a copy, made where fused weights are (small models only).
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):
+        self.weight, self.bias = weight, bias
+        self.packed = _onednn_pack(weight)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is None or x.numel() < ONEDNN_MIN_ROWS * x.shape[-1] or x.dtype != torch.float32:
+            return torch.nn.functional.linear(x, self.weight, self.bias)
+        return torch.ops.mkldnn._linear_pointwise(x, self.packed, self.bias, "none", [], "")
+
+
 class FastLayer:
     """One Llama decoder layer on one new position per row, as plain tensor operations.
 
@@ -472,12 +517,12 @@ class FastLayer:
             if modules else None
         if modules:
             return
-        self.qkv = torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach()
-        self.qkv_bias = (None if a.q_proj.bias is None else
-                         torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).detach())
-        self.o = a.o_proj.weight.detach()
-        self.gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
-        self.down = mlp.down_proj.weight.detach()
+        self.qkv = Projection(torch.cat([a.q_proj.weight, a.k_proj.weight, a.v_proj.weight]).detach(),
+                              None if a.q_proj.bias is None else
+                              torch.cat([a.q_proj.bias, a.k_proj.bias, a.v_proj.bias]).detach())
+        self.o = Projection(a.o_proj.weight.detach())
+        self.gate_up = Projection(torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach())
+        self.down = Projection(mlp.down_proj.weight.detach())
 
     def attend(self, q, k, v, mask):
         """One query per row: attention as two small matmuls and a softmax, written out. On a strided
@@ -505,19 +550,46 @@ class FastLayer:
 
     def project_qkv(self, x):
         if self.modules is None:
-            return torch.nn.functional.linear(x, self.qkv, self.qkv_bias)
+            return self.qkv(x)
         q, k, v = self.modules[:3]
         return torch.cat([q(x), k(x), v(x)], -1)
 
     def out(self, o):
-        return torch.nn.functional.linear(o, self.o) if self.modules is None else self.modules[3](o)
+        return self.o(o) if self.modules is None else self.modules[3](o)
 
     def mlp(self, x):
         if self.modules is None:
-            gate, up = torch.nn.functional.linear(x, self.gate_up).chunk(2, -1)
-            return torch.nn.functional.linear(torch.nn.functional.silu(gate) * up, self.down)
+            gate, up = self.gate_up(x).chunk(2, -1)
+            return self.down(torch.nn.functional.silu(gate) * up)
         g, u, d = self.modules[4:]
         return d(torch.nn.functional.silu(g(x)) * u(x))
+
+    def positions(self, h, cos, sin, hidden, keys, values, t: int) -> torch.Tensor:
+        """This layer on k new positions per row (h: rows, k, width); writes their keys and values into
+        the buffers `keys`/`values` (rows, kv heads, capacity, head dim) at columns t..t+k-1 and attends
+        over columns 0..t+k-1. cos/sin broadcast to (rows, 1, k, head dim). `hidden`: True where a
+        query must not see a key, broadcast to (rows, kv heads, group, k, columns); None: every query
+        sees every column. A prompt's prefill (`FusedDecoder`) and a speculative round's calls
+        (`explorer.speculative.FusedSide`) run it."""
+        b, k, _ = h.shape
+        hd, kvh = self.head_dim, self.kv_heads
+        qkv = self.project_qkv(rms_norm(h, self.norm1, self.eps1))
+        qkv = qkv.view(b, k, self.heads + 2 * kvh, hd).transpose(1, 2)
+        qk, v = qkv.split([self.heads + kvh, kvh], 1)
+        qk = qk * cos + rotate_half(qk) * sin  # rotary on queries and keys at once
+        q, key = qk.split([self.heads, kvh], 1)
+        keys[:, :, t : t + k] = key
+        values[:, :, t : t + k] = v
+        total, group = t + k, self.heads // kvh
+        # Grouped-query heads attend as (kv heads, group) without repeating the keys.
+        q = q.reshape(b, kvh, group * k, hd)
+        scores = torch.matmul(q, keys[:, :, :total].transpose(-1, -2)) * self.scaling
+        if hidden is not None:
+            scores = scores.view(b, kvh, group, k, total).masked_fill(hidden, float("-inf"))
+        o = torch.matmul(scores.softmax(-1).view(b, kvh, group * k, total), values[:, :, :total])
+        o = o.view(b, self.heads, k, hd).transpose(1, 2).reshape(b, k, self.heads * hd)
+        h = h + self.out(o)
+        return h + self.mlp(rms_norm(h, self.norm2, self.eps2))
 
     def __call__(self, h, cos, sin, mask, cache) -> torch.Tensor:
         rows, hd = h.shape[0], self.head_dim
@@ -607,7 +679,9 @@ class FusedDecoder:
     @torch.inference_mode()
     def __call__(self, *, input_ids, attention_mask, position_ids, cache=None, logits_to_keep=0, **_) -> Output:
         inner = self.hf.model
-        if cache is None:
+        if cache is None and self.layers[0].modules is None and self.layers[0].qkv.packed is not None:
+            return self.prefill(input_ids, attention_mask, position_ids, logits_to_keep)
+        if cache is None:  # the model's own prefill: bit for bit where projections are its modules
             out = self.hf(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                           use_cache=True, logits_to_keep=logits_to_keep)
             layers = out.cache.layers
@@ -623,6 +697,30 @@ class FusedDecoder:
             h = layer(h, cos, sin, mask, view)
         cache.close()
         return Output(self.hf.lm_head(inner.norm(h)), cache)
+
+    def prefill(self, ids, mask, pos, logits_to_keep: int) -> Output:
+        """The prompt through the fused layers, all positions in one call per layer (`FastLayer.positions`),
+        so its matmuls of rows x positions take oneDNN (`Projection`; float32 weights): at batch 64 the
+        prompt's matmuls through transformers' layers (MKL) were most of a short answer's time. Left padding: a real token
+        sees the real columns up to its own; a pad position sees itself only (it stays finite; no real
+        token reads it)."""
+        inner = self.hf.model
+        b, k = ids.shape
+        h = inner.embed_tokens(ids)
+        cos, sin = inner.rotary_emb(h, position_ids=pos)
+        cos, sin = cos[:, None], sin[:, None]  # (rows, 1, k, head dim)
+        later = torch.ones(k, k, dtype=torch.bool).triu(1)
+        if bool(mask.all()):
+            hidden = later if k > 1 else None
+        else:
+            hidden = ((~mask[:, None, :].bool() | later) & ~torch.eye(k, dtype=torch.bool))[:, None, None]
+        keys = [h.new_empty(b, layer.kv_heads, k, layer.head_dim) for layer in self.layers]
+        values = [h.new_empty(b, layer.kv_heads, k, layer.head_dim) for layer in self.layers]
+        for i, layer in enumerate(self.layers):
+            h = layer.positions(h, cos, sin, hidden, keys[i], values[i], 0)
+        if logits_to_keep:
+            h = h[:, -logits_to_keep:]
+        return Output(self.hf.lm_head(inner.norm(h)), KVCache(keys, values))
 
 
 # Model types whose decoder layer is exactly Llama's arithmetic (Qwen2 adds Q/K/V biases, which

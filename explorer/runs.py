@@ -22,9 +22,11 @@ SCHEMA_VERSION = 2
 # sampled example draws from its own generator, so samples no longer depend on batch size; version 3:
 # plain decoding runs the fused decode path wherever the model supports it, `explorer.generate.decoder`,
 # whose logits differ from transformers' in rounding only; the row's `decode_path` column names the path,
-# a function of the model and technique already in the key, so the version is all the key needs).
+# a function of the model and technique already in the key, so the version is all the key needs; version 4:
+# on the fused path float32 matmuls of three rows or more run oneDNN's kernel and the prompt runs the
+# fused layers (`explorer.layerwise.Projection`, `FusedDecoder.prefill`), again a change of rounding only).
 # It is in every row and in its key, so a resumed sweep never keeps a row of an older engine.
-ENGINE_VERSION = 3
+ENGINE_VERSION = 4
 DEFAULT_TASK_FORMAT = "original"  # a task without a `task_format` attribute: the format it always had
 
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, fields
 import torch
 
 from explorer.generate import Generation, draw, per_row, positions, strip_eos, uniform
-from explorer.layerwise import fused_decoder, rms_norm, rotate_half
+from explorer.layerwise import fused_decoder
 
 # Beyond 32 proposals a round gains nothing: even at acceptance 0.9 the chance
 # that all 32 survive is 3%, while the draft pays for every one of them.
@@ -215,29 +215,9 @@ class FusedSide(Decoder):
 
 
 def fused_layer(layer, h, cos, sin, hidden, keys, values, t: int) -> torch.Tensor:
-    """One decoder layer (a `FastLayer`'s weights) on k new positions per row; writes their K/V at t.
-
-    `hidden`: True where a query must not see a key, broadcast to (rows, kv heads, group, k,
-    columns); None: every query sees every column."""
-    b, k, _ = h.shape
-    hd, kvh = layer.head_dim, layer.kv_heads
-    qkv = layer.project_qkv(rms_norm(h, layer.norm1, layer.eps1))
-    qkv = qkv.view(b, k, layer.heads + 2 * kvh, hd).transpose(1, 2)
-    qk, v = qkv.split([layer.heads + kvh, kvh], 1)
-    qk = qk * cos + rotate_half(qk) * sin  # rotary on queries and keys at once
-    q, key = qk.split([layer.heads, kvh], 1)
-    keys[:, :, t : t + k] = key
-    values[:, :, t : t + k] = v
-    total, group = t + k, layer.heads // kvh
-    # Grouped-query heads attend as (kv heads, group) without repeating the keys.
-    q = q.reshape(b, kvh, group * k, hd)
-    scores = torch.matmul(q, keys[:, :, :total].transpose(-1, -2)) * layer.scaling
-    if hidden is not None:
-        scores = scores.view(b, kvh, group, k, total).masked_fill(hidden, float("-inf"))
-    o = torch.matmul(scores.softmax(-1).view(b, kvh, group * k, total), values[:, :, :total])
-    o = o.view(b, layer.heads, k, hd).transpose(1, 2).reshape(b, k, layer.heads * hd)
-    h = h + layer.out(o)
-    return h + layer.mlp(rms_norm(h, layer.norm2, layer.eps2))
+    """One decoder layer (a `FastLayer`) on k new positions per row; writes their K/V at t
+    (`FastLayer.positions`, shared with the plain path's prefill)."""
+    return layer.positions(h, cos, sin, hidden, keys, values, t)
 
 
 # Rotary cos/sin tables per model (positions 0 .. context - 1), built once.

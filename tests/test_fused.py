@@ -161,3 +161,51 @@ def test_fused_weights_follow_the_models_own_when_they_change(zoo_models):
     replaced = generate(hf, model.tokenizer, prompts(), max_new_tokens=10)
     assert replaced.logprobs == pytest.approx(generate(hf, model.tokenizer, prompts(), max_new_tokens=10,
                                                        path="transformers").logprobs, abs=1e-4, rel=0)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 192), (2, 192), (1, 3, 192), (5, 1, 192), (64, 1, 192), (4, 5, 192)])
+def test_projection_equals_linear_to_rounding_for_any_rows(shape):
+    from explorer.layerwise import ONEDNN_MIN_ROWS, Projection
+
+    torch.manual_seed(0)
+    w, b = torch.randn(576, 192), torch.randn(576)
+    x = torch.randn(*shape)
+    ref = torch.nn.functional.linear(x.double(), w.double(), b.double())
+    got = Projection(w, b)(x)
+    assert got.shape == ref.shape[:-1] + (576,) and got.dtype == torch.float32
+    assert torch.allclose(got.double(), ref, atol=1e-4, rtol=0)
+    proj = Projection(w)
+    rows = x.numel() // x.shape[-1]
+    if proj.packed is not None and rows < ONEDNN_MIN_ROWS:  # one or two rows: F.linear itself, bit for bit
+        assert torch.equal(proj(x), torch.nn.functional.linear(x, w))
+
+
+def test_projection_leaves_other_dtypes_to_linear():
+    from explorer.layerwise import Projection
+
+    w = torch.randn(64, 32).bfloat16()
+    proj = Projection(w)
+    x = torch.randn(8, 32).bfloat16()
+    assert proj.packed is None and torch.equal(proj(x), torch.nn.functional.linear(x, w))
+
+
+def test_prompt_runs_the_fused_layers_and_gives_the_models_logits(zoo_models):
+    """A float32 zoo model's prompt runs `FusedDecoder.prefill` (left padded rows included), not transformers'
+    layers, and its last-position logits equal the model's to rounding."""
+    model = zoo_models["zoo-m"]
+    fused = fused_decoder(model.hf)
+    enc = model.tokenizer(prompts(), return_tensors="pt", padding=True)
+    pos = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+    calls = []
+    hook = model.hf.model.layers[0].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        with torch.inference_mode():
+            out = fused(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], position_ids=pos,
+                        logits_to_keep=1)
+            assert not calls  # the model's own decoder layer never ran
+            ref = model.hf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], position_ids=pos,
+                           logits_to_keep=1).logits
+    finally:
+        hook.remove()
+    assert out.cache.length == enc["input_ids"].shape[1] and out.logits.shape == ref.shape
+    assert torch.allclose(out.logits, ref, atol=1e-4, rtol=0)
