@@ -202,6 +202,36 @@ def test_the_layer_by_layer_fill_for_quantized_projections_equals_the_batched_on
     assert any(e < mid_model.facts.layers for row in plain.stats.per_row() for e in row)
 
 
+@torch.inference_mode()
+def test_the_fill_gives_each_layer_the_keys_and_values_of_its_own_projections(mid_model):
+    """KVFill (folded weights, oneDNN's packed ones from PACKED_MIN_ROWS rows, MKL below) against each
+    layer's own input norm, K and V projections and rotary, on prefixes of the exited rows."""
+    from explorer.layerwise import PACKED_MIN_ROWS, KVFill, rotate_half, signed_sin
+
+    hf = mid_model.hf
+    fill, depth = KVFill(hf), mid_model.facts.layers
+    if fill.packed is None:
+        pytest.skip("torch built without oneDNN")
+    counts = [1, PACKED_MIN_ROWS - 1, PACKED_MIN_ROWS, 2 * PACKED_MIN_ROWS + 3][: depth - 1]
+    first = depth - len(counts)
+    x = torch.randn(counts[-1], hf.config.hidden_size)
+    cos, sin = hf.model.rotary_emb(x[None], position_ids=torch.arange(counts[-1])[None] + 5)
+    cos, sin = cos[0], sin[0]
+    for signed in (False, True):
+        k, v = fill(x, first, counts, cos, signed_sin(sin) if signed else sin, signed)
+        at = 0
+        for j, m in enumerate(counts, start=first):
+            attn = hf.model.layers[j].self_attn
+            xn = hf.model.layers[j].input_layernorm(x[:m])
+            kj = attn.k_proj(xn).unflatten(-1, (-1, attn.head_dim))
+            kj = kj * cos[:m, None] + rotate_half(kj) * sin[:m, None]
+            torch.testing.assert_close(k[at : at + m], kj, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(v[at : at + m], attn.v_proj(xn).unflatten(-1, (-1, attn.head_dim)),
+                                       rtol=1e-5, atol=1e-5)
+            at += m
+        assert at == k.shape[0] == v.shape[0]
+
+
 # ---------------------------------------------------------------- the result row
 
 def test_a_row_keeps_every_token_exit_layer_and_counts_what_ran(mid_model):
