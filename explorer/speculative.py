@@ -79,8 +79,10 @@ class Decoder:
         self.mask = mask[:, :0].long()
         return self.extend(ids, mask.bool(), last_only=True)[:, -1] if ids.shape[1] else None
 
-    def extend(self, tokens: torch.Tensor, valid: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
-        """Run `tokens` [batch, k] on top of the cache; logits [batch, k or 1, vocab] in float32."""
+    def extend(self, tokens: torch.Tensor, valid: torch.Tensor | None, *, last_only: bool = False) -> torch.Tensor:
+        """Run `tokens` [batch, k] on top of the cache; logits [batch, k or 1, vocab] in float32.
+        `valid`: False at a pad position; None: every token is real."""
+        valid = torch.ones_like(tokens, dtype=torch.bool) if valid is None else valid
         self.mask = torch.cat([self.mask, valid.long()], dim=1)
         pos = positions(self.mask)[:, -tokens.shape[1]:]
         out = self.hf(input_ids=tokens, attention_mask=self.mask, position_ids=pos, cache=self.cache,
@@ -99,6 +101,12 @@ class Decoder:
         if drop:
             self.cache.crop(-drop)  # transformers 5: a negative count removes that many positions
             self.mask = self.mask[:, :-drop]
+
+    def drop_last(self, k: int) -> None:
+        """Forget the last k cached columns of every row (`keep` for the one-row loop, with an integer)."""
+        if k:
+            self.cache.crop(-k)
+            self.mask = self.mask[:, :-k]
 
     def select(self, rows: torch.Tensor) -> None:
         """Keep only `rows` of the batch (finished rows leave, so they cost nothing more)."""
@@ -133,13 +141,25 @@ class FusedSide(Decoder):
         self.keys: list[torch.Tensor] = []
         self.values: list[torch.Tensor] = []
         self.t = 0  # cached columns
-        # Every cached column of every row is a real token (no left padding, no hole): positions
-        # are column numbers and attention needs the causal mask only (always so at batch size 1).
-        self.dense = True
+        self.rows = 0
+
+    # While every cached column of every row is a real token (no left padding, no hole; always so
+    # at batch size 1) the side is `dense`: positions are column numbers, attention needs the causal
+    # mask only, and no mask tensor is kept (it would be all ones: `mask` makes one when asked).
+    @property
+    def mask(self) -> torch.Tensor:
+        return torch.ones(self.rows, self.t, dtype=torch.long) if self._mask is None else self._mask
+
+    @mask.setter
+    def mask(self, value) -> None:
+        self._mask = value
+
+    @property
+    def dense(self) -> bool:
+        return self._mask is None
 
     def start(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
-        self.keys, self.values, self.t, self.dense = [], [], 0, True
-        self.mask = mask[:, :0].long()
+        self.keys, self.values, self.t, self.rows, self._mask = [], [], 0, ids.shape[0], None
         return self.extend(ids, mask.bool(), last_only=True)[:, -1] if ids.shape[1] else None
 
     def _room(self, b: int, k: int, like: torch.Tensor) -> None:
@@ -159,11 +179,13 @@ class FusedSide(Decoder):
         self.keys, self.values = grown
 
     @torch.inference_mode()  # its fused weights are inference tensors, whoever calls
-    def extend(self, tokens: torch.Tensor, valid: torch.Tensor, *, last_only: bool = False) -> torch.Tensor:
+    def extend(self, tokens: torch.Tensor, valid: torch.Tensor | None, *, last_only: bool = False) -> torch.Tensor:
         b, k = tokens.shape
-        if self.dense and not bool(valid.all()):
-            self.dense = False
-        self.mask = torch.cat([self.mask, valid.long()], dim=1)
+        if self._mask is None and valid is not None and not bool(valid.all()):
+            self._mask = torch.ones(b, self.t, dtype=torch.long)  # the first pad: from now on a mask is kept
+        if self._mask is not None:
+            self._mask = torch.cat([self._mask, torch.ones(b, k, dtype=torch.long) if valid is None
+                                    else valid.long()], dim=1)
         t, total = self.t, self.t + k
         h = self.embed(tokens)
         self._room(b, k, h)
@@ -195,20 +217,27 @@ class FusedSide(Decoder):
         if self.dense and kept.shape[0] == 1:  # one row: the rest is cropped, never a hole
             drop = k - int(kept.sum())
         else:
-            self.mask[:, -k:] *= kept.long()
             used = kept.any(0).nonzero()
             drop = k - (int(used.max()) + 1 if used.numel() else 0)
             if self.dense and k > drop and not bool(kept[:, : k - drop].all()):
-                self.dense = False  # a row kept fewer columns than another: a hole
-        if drop:
-            self.t -= drop
-            self.mask = self.mask[:, :-drop]
+                self._mask = torch.ones(self.rows, self.t, dtype=torch.long)  # a row kept fewer columns: a hole
+            if self._mask is not None:
+                self._mask[:, -k:] *= kept.long()
+        self.drop_last(drop)
+
+    def drop_last(self, k: int) -> None:
+        if k:
+            self.t -= k
+            if self._mask is not None:
+                self._mask = self._mask[:, :-k]
 
     @torch.inference_mode()
     def select(self, rows: torch.Tensor) -> None:
         self.keys = [x[rows] for x in self.keys]
         self.values = [x[rows] for x in self.values]
-        self.mask = self.mask[rows]
+        self.rows = rows.numel()
+        if self._mask is not None:
+            self._mask = self._mask[rows]
 
     def length(self) -> int:
         return self.t
@@ -276,6 +305,17 @@ class Draft:
     def select(self, rows: torch.Tensor) -> None:
         raise NotImplementedError
 
+    # The one-row greedy loop (`one_row_round`) asks through these, with Python integers; a draft
+    # may answer them without tensors (`ModelDraft` does).
+    def propose_row(self, cap: int, eos: int, stats: "SpecStats") -> list[int]:
+        """Up to `cap` greedy proposals for the one live row."""
+        return self.propose(torch.tensor([cap]), 0.0, None, eos, None, stats)[0][0].tolist()
+
+    def update_row(self, proposals: list[int], n: int, nxt: int) -> None:
+        """`update` for the one live row."""
+        self.update(torch.tensor([proposals], dtype=torch.long).reshape(1, len(proposals)), torch.tensor([n]),
+                    torch.tensor([nxt]))
+
 
 class ModelDraft(Draft):
     """A causal LM drafting one token per forward (a smaller model, or the target's first k layers).
@@ -315,6 +355,23 @@ class ModelDraft(Draft):
             self.prompt_width = 0
         return out
 
+    def propose_row(self, cap: int, eos: int, stats) -> list[int]:
+        out = propose_row(self.decoder, self.pending, self.valid, cap, eos, stats)
+        if self.prompt_width and out:
+            stats.draft_positions -= self.prompt_width - 1
+            self.prompt_width = 0
+        return out
+
+    def update_row(self, proposals: list[int], n: int, nxt: int) -> None:
+        g = len(proposals)
+        if g:  # of the g - 1 proposals fed (the last never was), the first n stay
+            self.decoder.drop_last(g - 1 - min(n, g - 1))
+            # After a fully accepted round the draft reads its last proposal and the target's token.
+            self.pending, self.valid = torch.tensor([[proposals[-1], nxt] if n == g else [nxt]]), None
+        else:  # nothing was proposed, so the draft has not read what it was given
+            self.pending = torch.cat([self.pending, torch.tensor([[nxt]])], 1)
+            self.valid = None if self.valid is None else torch.cat([self.valid, torch.ones(1, 1, dtype=torch.bool)], 1)
+
     def update(self, proposals, n, nxt) -> None:
         g, live = proposals.shape[1], n.shape[0]
         one = torch.ones(live, 1, dtype=torch.bool)
@@ -329,11 +386,12 @@ class ModelDraft(Draft):
             self.pending = torch.cat([proposals[:, -1:], nxt[:, None]], 1) if full.any() else nxt[:, None]
             self.valid = torch.cat([full[:, None], one], 1) if full.any() else one
         else:  # nothing was proposed, so the draft has not read what it was given
-            self.pending, self.valid = torch.cat([self.pending, nxt[:, None]], 1), torch.cat([self.valid, one], 1)
+            valid = torch.ones_like(self.pending, dtype=torch.bool) if self.valid is None else self.valid
+            self.pending, self.valid = torch.cat([self.pending, nxt[:, None]], 1), torch.cat([valid, one], 1)
 
     def select(self, rows) -> None:
         self.decoder.select(rows)
-        self.pending, self.valid = self.pending[rows], self.valid[rows]
+        self.pending, self.valid = self.pending[rows], None if self.valid is None else self.valid[rows]
 
 
 class PromptLookup(Draft):
@@ -744,13 +802,18 @@ def speculative_generate(target, draft, input_ids, *, draft_len: int, temperatur
     rows = torch.arange(batch)
     t_next, t_valid = ids, mask.bool()  # not yet in the target's cache
     one_row = ONE_ROW and not temperature and adaptive is None and plan is None
+    scored: list = []  # the one-row rounds' (logits, emitted tokens): log-probabilities at the end
     while rows.numel():
         live = rows.numel()
         if live == 1 and one_row:
             r = int(rows[0])
-            if one_row_round(tgt, drf, t_next, t_valid, r, out, logp, draft_len, max_new_tokens, eos, stats, trace):
+            if t_valid is not None and bool(t_valid.all()):
+                t_valid = None
+            if one_row_round(tgt, drf, t_next, t_valid, r, out, scored, draft_len, max_new_tokens, eos, stats,
+                             trace):
+                logp[r] += row_logprob(scored)
                 break
-            t_next, t_valid = torch.tensor([[out[r][-1]]]), torch.ones(1, 1, dtype=torch.bool)
+            t_next, t_valid = out[r][-1], None
             continue
         left = torch.tensor([max_new_tokens - len(out[r]) for r in rows.tolist()])
         cap = (left - 1).clamp(max=draft_len)  # never propose past max_new_tokens
@@ -790,15 +853,23 @@ def speculative_generate(target, draft, input_ids, *, draft_len: int, temperatur
 ONE_ROW = True
 
 
-def one_row_round(tgt: Decoder, drf: Draft, t_next, t_valid, r: int, out, logp, draft_len: int,
+def one_row_round(tgt: Decoder, drf: Draft, t_next, t_valid, r: int, out, scored: list, draft_len: int,
                   max_new_tokens: int, eos: int, stats: SpecStats, trace) -> bool:
-    """One greedy round for the one live row `r` (fixed draft length); whether it is finished."""
+    """One greedy round for the one live row `r` (fixed draft length); whether it is finished.
+
+    `t_next`: the tokens the target has not read yet, a [1, k] tensor (`t_valid` False at a pad,
+    None: all real) or the one token (an int) it emitted last round. Appends this round's
+    (logits, emitted tokens) to `scored` (`row_logprob` sums them once the row is done)."""
     cap = min(max_new_tokens - len(out[r]) - 1, draft_len)
-    drafts, _, lens = drf.propose(torch.tensor([cap]), 0.0, None, eos, None, stats)
-    g = drafts.shape[1]
-    logits = tgt.extend(torch.cat([t_next, drafts], 1),
-                        torch.cat([t_valid, torch.ones(1, g, dtype=torch.bool)], 1))[0, -g - 1:]
-    best, prop = logits.argmax(-1).tolist(), drafts[0].tolist()
+    prop = drf.propose_row(cap, eos, stats)
+    g = len(prop)
+    if isinstance(t_next, int):
+        logits = tgt.extend(torch.tensor([[t_next, *prop]]), None)[0]
+    else:
+        drafts = torch.tensor([prop], dtype=torch.long).reshape(1, g)
+        valid = None if t_valid is None else torch.cat([t_valid, torch.ones(1, g, dtype=torch.bool)], 1)
+        logits = tgt.extend(torch.cat([t_next, drafts], 1), valid)[0, -g - 1:]
+    best = logits.argmax(-1).tolist()
     n = 0
     while n < g and prop[n] == best[n]:
         n += 1
@@ -812,8 +883,8 @@ def one_row_round(tgt: Decoder, drf: Draft, t_next, t_valid, r: int, out, logp, 
     for j in range(min(n + 1, g)):
         stats.position_judged[j] += 1
         stats.position_accepted[j] += j < n
-    tgt.keep(torch.arange(g + 1)[None] <= n)
-    drf.update(drafts, torch.tensor([n]), torch.tensor([nxt]))
+    tgt.drop_last(g - n)  # it read t_next and g proposals; keeps t_next and the n accepted
+    drf.update_row(prop, n, nxt)
     new = prop[:n] + [nxt]
     ended = eos in new[:n]  # proposals stop at end-of-sequence, so it can only be the last
     if trace is not None:
@@ -821,10 +892,19 @@ def one_row_round(tgt: Decoder, drf: Draft, t_next, t_valid, r: int, out, logp, 
     if ended:
         stats.eos_accepted += 1
         new = new[:n]
-    logp[r] += float(torch.log_softmax(logits[: len(new)], -1).gather(-1, torch.tensor(new)[:, None]).double().sum())
+    scored.append((logits[: len(new)], new))
     out[r] += new
     stats.tokens += len(new)
     return new[-1] == eos or len(out[r]) >= max_new_tokens
+
+
+def row_logprob(scored: list) -> float:
+    """The log-probability of the tokens `one_row_round` emitted, from their rounds' logits, in one go."""
+    if not scored:
+        return 0.0
+    logits = torch.cat([x for x, _ in scored])
+    tokens = torch.tensor([t for _, new in scored for t in new])
+    return float(torch.log_softmax(logits, -1).gather(-1, tokens[:, None]).double().sum())
 
 
 @torch.inference_mode()
@@ -903,8 +983,13 @@ def propose(drf: Decoder, x, valid, cap, temperature, adaptive, eos, generator, 
 def propose_one(drf: Decoder, x, valid, cap: int, eos: int, stats: SpecStats):
     """`propose` for one row, greedy, fixed length: the same proposals, with Python integers
     between the draft's calls instead of a handful of small tensor operations per proposal."""
+    out = propose_row(drf, x, valid, cap, eos, stats)
+    return torch.tensor([out], dtype=torch.long).reshape(1, len(out)), [], torch.tensor([len(out)])
+
+
+def propose_row(drf: Decoder, x, valid, cap: int, eos: int, stats: SpecStats) -> list[int]:
+    """Up to `cap` greedy proposals for one row, as integers; `valid` None: every token of x is real."""
     out: list[int] = []
-    one = torch.ones(1, 1, dtype=torch.bool)
     for _ in range(cap):
         d = int(drf.extend(x, valid, last_only=True)[0, -1].argmax())
         stats.draft_calls += 1
@@ -912,8 +997,8 @@ def propose_one(drf: Decoder, x, valid, cap: int, eos: int, stats: SpecStats):
         out.append(d)
         if d == eos:
             break
-        x, valid = torch.tensor([[d]]), one
-    return torch.tensor([out], dtype=torch.long).reshape(1, len(out)), [], torch.tensor([len(out)])
+        x, valid = torch.tensor([[d]]), None
+    return out
 
 
 def verify(logits, drafts, qs, lens, temperature, generator) -> tuple[torch.Tensor, torch.Tensor]:
