@@ -167,11 +167,6 @@ class KVCache:
         return self.length
 
 
-# From this many rows a fill matmul runs through oneDNN's packed weights (zoo-l's 384 x 192 K/V weight, one
-# thread: 9 rows 21.8 -> 17.4 us, 36 rows 57 -> 34 us; 4 rows 12.1 against 14.2 us, so fewer stay on MKL).
-PACKED_MIN_ROWS = 6
-
-
 class KVFill:
     """Every layer's key and value projection, with its input RMSNorm weight folded in.
 
@@ -192,18 +187,10 @@ class KVFill:
             [torch.cat([layer.self_attn.k_proj.bias, layer.self_attn.v_proj.bias]) for layer in layers]).detach())
         self.eps = layers[0].input_layernorm.variance_epsilon
         self.head_dim = layers[0].self_attn.head_dim
-        # oneDNN's packed-weight linear where a layer owes enough rows (its fixed cost is higher than MKL's
-        # on a few rows, its rate twice MKL's sgemm on this CPU); None where oneDNN is not built in.
-        self.packed = ([torch.ops.mkldnn._reorder_linear_weight(w, None) for w in self.weight]
-                       if self.weight.dtype == torch.float32 and torch.backends.mkldnn.is_available() else None)
+        # Per layer, the faster kernel for the rows it owes (oneDNN's packed weights from a few rows).
+        self.project = [Projection(w, None if self.bias is None else b)
+                        for w, b in zip(self.weight, self.weight if self.bias is None else self.bias)]
         self.index = torch.arange(64)  # each flat row's state: cat of prefixes of this
-
-    def project(self, n: torch.Tensor, j: int) -> torch.Tensor:
-        """Layer j's folded K/V projection of normalised states n (rows, width)."""
-        bias = None if self.bias is None else self.bias[j]
-        if self.packed is not None and n.shape[0] >= PACKED_MIN_ROWS:
-            return torch.ops.mkldnn._linear_pointwise(n, self.packed[j], bias, "none", [], "")
-        return torch.nn.functional.linear(n, self.weight[j], bias)
 
     def __call__(self, x: torch.Tensor, first: int, counts: list[int], cos, sin,
                  signed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -216,7 +203,7 @@ class KVFill:
         """
         xf = x.float()
         n = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)).to(x.dtype)
-        kv = torch.cat([self.project(n[:m], j) for j, m in enumerate(counts, start=first)])
+        kv = torch.cat([self.project[j](n[:m]) for j, m in enumerate(counts, start=first)])
         k, v = kv.unflatten(-1, (-1, self.head_dim)).chunk(2, dim=1)
         if counts[-1] > len(self.index):
             self.index = torch.arange(counts[-1])

@@ -204,15 +204,13 @@ def test_the_layer_by_layer_fill_for_quantized_projections_equals_the_batched_on
 
 @torch.inference_mode()
 def test_the_fill_gives_each_layer_the_keys_and_values_of_its_own_projections(mid_model):
-    """KVFill (folded weights, oneDNN's packed ones from PACKED_MIN_ROWS rows, MKL below) against each
-    layer's own input norm, K and V projections and rotary, on prefixes of the exited rows."""
-    from explorer.layerwise import PACKED_MIN_ROWS, KVFill, rotate_half, signed_sin
+    """KVFill (folded weights through `Projection`: oneDNN's packed ones from ONEDNN_MIN_ROWS rows, F.linear
+    below) against each layer's own input norm, K and V projections and rotary, on prefixes of the exited rows."""
+    from explorer.layerwise import ONEDNN_MIN_ROWS, KVFill, rotate_half, signed_sin
 
     hf = mid_model.hf
     fill, depth = KVFill(hf), mid_model.facts.layers
-    if fill.packed is None:
-        pytest.skip("torch built without oneDNN")
-    counts = [1, PACKED_MIN_ROWS - 1, PACKED_MIN_ROWS, 2 * PACKED_MIN_ROWS + 3][: depth - 1]
+    counts = [1, ONEDNN_MIN_ROWS - 1, ONEDNN_MIN_ROWS, 2 * ONEDNN_MIN_ROWS + 3][: depth - 1]
     first = depth - len(counts)
     x = torch.randn(counts[-1], hf.config.hidden_size)
     cos, sin = hf.model.rotary_emb(x[None], position_ids=torch.arange(counts[-1])[None] + 5)
