@@ -88,8 +88,8 @@ import torch  # noqa: E402
 
 import explorer as ex  # noqa: E402
 from explorer.generate import generate, strip_eos  # noqa: E402
-from explorer.speculative import (PRIOR_ALPHA, SpecStats, decode_alone, measure_costs,  # noqa: E402
-                                  predicted_speedup, speculative_generate)
+from explorer.speculative import (SpecStats, decode_alone, measure_costs, predicted_speedup,  # noqa: E402
+                                  speculative_generate)
 
 
 def workload(kind: str, n: int, seed: int, new_tokens: int = 48) -> list[tuple[str, int]]:
@@ -235,8 +235,7 @@ def batched(target, draft_name: str, g: int, sizes: list[int], n: int, repeats: 
     out = []
     for b in sizes:
         chunks = [prompts[i : i + b] for i in range(0, n, b)]
-        for c in chunks:  # measure each batch size's plan (and its trial) before anything is timed
-            technique.generate(target, c, max_new_tokens=m, seed=0)
+        technique.measure_plan(target, chunks, m)  # as explorer.run does: before anything is timed
         plan = technique.length_plan(target, chunks[0], m)
 
         def alone():
@@ -260,7 +259,8 @@ def batched(target, draft_name: str, g: int, sizes: list[int], n: int, repeats: 
         stats = SpecStats.total([x.stats for x in gens["spec"]])
         out.append({"draft": draft_name, "draft_len": g, "batch": b,
                     "spec_mode": stats.columns()["spec_mode"], "acceptance_rate": stats.acceptance_rate,
-                    "plan_best_len": plan.best(PRIOR_ALPHA), "trial_gain": plan.trial.gain if plan.trial else None,
+                    "plan_alpha": plan.prior, "plan_best_len": plan.best(plan.prior),
+                    "trial_gain": plan.trial.gain if plan.trial else None,
                     "speedup": statistics.median(ratios), "speedup_min": min(ratios), "speedup_max": max(ratios),
                     "aa": statistics.median(aa), "aa_min": min(aa), "aa_max": max(aa),
                     "ms_alone": 1e3 * statistics.median(secs["alone"]),

@@ -576,12 +576,20 @@ class LengthPlan:
     length can pay. A round of length g yields (1 - a^(g+1)) / (1 - a) tokens
     (Leviathan) for g c + verify[g]; the plan picks the g that yields most per unit,
     with `alpha` the acceptance seen so far, and 0 when nothing beats one token per call.
-    `trial`, when the plan was tried on the batch (`trial_modes`): whether speculating paid.
+    `alpha`: the acceptance a call starts from (its running rate takes over as proposals are
+    judged): the draft's acceptance measured on the batch the plan was made for, or, when None,
+    `PRIOR_ALPHA`. `trial`, when the plan was tried on the batch (`trial_modes`): whether
+    speculating paid.
     """
 
     cost_ratio: float
     verify: tuple[float, ...]
     trial: ModeTrial | None = None
+    alpha: float | None = None
+
+    @property
+    def prior(self) -> float:
+        return PRIOR_ALPHA if self.alpha is None else self.alpha
 
     def best(self, alpha: float) -> int:
         def rate(g):
@@ -596,13 +604,14 @@ class LengthPlan:
     def speculates(self) -> bool:
         """Whether a batch under this plan speculates at all: a length pays at the prior acceptance,
         and, where it was tried, speculating ran clearly faster than plain decoding."""
-        return self.best(PRIOR_ALPHA) > 0 and (self.trial is None or self.trial.pays())
+        return self.best(self.prior) > 0 and (self.trial is None or self.trial.pays())
 
     def describe(self) -> str:
         """What the row records: the mode and why, from the measured costs and the trial."""
-        g = self.best(PRIOR_ALPHA)
+        g = self.best(self.prior)
         mode = "plain" if not self.speculates() else f"draft_len {g}"
-        return (f"{mode} at acceptance {PRIOR_ALPHA}; draft call {self.cost_ratio:.2f}, verify 1..{len(self.verify)} "
+        source = "" if self.alpha is None else " (measured on the batch)"
+        return (f"{mode} at acceptance {self.prior:.2f}{source}; draft call {self.cost_ratio:.2f}, verify 1..{len(self.verify)} "
                 "tokens " + "/".join(f"{v:.2f}" for v in self.verify) + " one-token target calls"
                 + (f"; {self.trial.describe()}" if self.trial is not None else ""))
 
@@ -627,6 +636,7 @@ PRIOR_ALPHA, PRIOR_WEIGHT = 0.7, 4
 PLAN_MARGIN = 1.1  # a length is chosen only if it promises at least 10% more tokens per unit of cost
 # A batch speculates only if its trial's median pass ran this much faster than plain decoding.
 TRIAL_MARGIN, TRIAL_PASSES = 1.05, 5
+TRIAL_PROMPTS = 64  # the most prompts a trial decodes per pass (whole batches of the plan's size)
 
 
 @torch.inference_mode()
@@ -818,7 +828,7 @@ def speculative_generate(target, draft, input_ids, *, draft_len: int, temperatur
         left = torch.tensor([max_new_tokens - len(out[r]) for r in rows.tolist()])
         cap = (left - 1).clamp(max=draft_len)  # never propose past max_new_tokens
         if plan is not None:
-            alpha = (stats.accepted + PRIOR_ALPHA * PRIOR_WEIGHT) / (stats.judged + PRIOR_WEIGHT)
+            alpha = (stats.accepted + plan.prior * PRIOR_WEIGHT) / (stats.judged + PRIOR_WEIGHT)
             g_plan = plan.best(alpha)
             cap = cap.clamp(max=g_plan)
             stats.plain_steps += g_plan == 0

@@ -196,7 +196,8 @@ def test_a_plan_whose_trial_did_not_pay_decodes_plainly_and_the_row_says_why(tar
     technique = ex.Speculative(draft="zoo-xs", draft_len=3)
     for seconds, mode in (((1.0, 1.01, 0.99), "plain"), ((1.3, 1.25, 1.2), "speculative")):
         def trial(plain, spec, **_):
-            tried.append((plain().tokens, spec().tokens))  # the trial decodes this batch both ways
+            (p,), (s,) = plain(), spec()  # the trial decodes this batch (the only one given) both ways
+            tried.append((p.tokens, s.tokens))
             return S.ModeTrial((1.0, 1.0, 1.0), tuple(1.0 / r for r in seconds))
         monkeypatch.setattr(TS, "trial_modes", trial)
         TS._PLANS.clear()
@@ -207,5 +208,33 @@ def test_a_plan_whose_trial_did_not_pay_decodes_plainly_and_the_row_says_why(tar
         assert "trial" in cols["spec_plan"] and cols["spec_plan"].startswith(
             "plain at" if mode == "plain" else "draft_len")
         assert (cols["draft_calls"] == 0) == (mode == "plain")
+        # The plan starts from the draft's acceptance on this batch at the fixed draft_len, not a prior.
+        fixed = technique.speculate(target, prompts, max_new_tokens=8, seed=0, plan=None)
+        assert out.plan.alpha == fixed.stats.acceptance_rate and 0 < fixed.stats.acceptance_rate < 1
+        assert f"at acceptance {fixed.stats.acceptance_rate:.2f} (measured on the batch)" in cols["spec_plan"]
     technique.generate(target, prompts, max_new_tokens=8, seed=0)
     assert len(tried) == 2  # one trial per batch size and target, kept for the process
+
+
+def test_a_plan_measures_its_trial_on_every_given_batch_of_its_size(target, monkeypatch):
+    from explorer import speculative as S
+    from explorer.techniques import speculative as TS
+
+    monkeypatch.setattr(TS, "plan_lengths", lambda *a, **k: S.LengthPlan(0.1, (1.0, 1.05, 1.1, 1.15)))
+    monkeypatch.setattr(TS, "_PLANS", __import__("weakref").WeakKeyDictionary())
+    seen = []
+
+    def trial(plain, spec, **_):
+        seen.append([len(g.tokens) for g in plain()])
+        return S.ModeTrial((1.0,), (1.0,))
+
+    monkeypatch.setattr(TS, "trial_modes", trial)
+    prompts = [e.prompt for e in T.get("addition").examples(11, 5)]
+    batches = [prompts[i : i + 4] for i in range(0, 11, 4)]  # 4, 4 and a last batch of 3
+    technique = ex.Speculative(draft="zoo-xs", draft_len=3)
+    technique.measure_plan(target, batches, 8)
+    assert seen == [[4, 4]]  # the two batches of the plan's size; the batch of 3 gets its own plan
+    plan = technique.length_plan(target, batches[0], 8)
+    assert not plan.speculates() and plan.trial.gain == 1.0
+    spec = [technique.speculate(target, c, max_new_tokens=8, seed=0, plan=None).stats for c in batches[:2]]
+    assert plan.alpha == S.SpecStats.total(spec).acceptance_rate
