@@ -33,26 +33,47 @@ steadier one there; on a quiet machine the two agree.
 Then per model: whether accuracy and the mean exit layer move together across
 thresholds (Spearman), and the wall/FLOPs ratio against the target of 0.7.
 
-Where wall time outruns the FLOPs saving at batch 64 (profiled on zoo-l, CPU time,
-a loaded 2-core machine): a layer called on r rows costs about 0.2 ms + 14 us x r,
-not 64ths of a full call: the fixed part is per-operation overhead (~0.1 ms) and
-reading the layer's 1.8 MB of weights from beyond L2 (~0.1 ms), which FLOPs do not
-see. Thresholds that save 10-50% (max_prob 0.9999 and up) keep a few rows running
-to the top layers, so they pay nearly every layer's fixed part, plus an exit head
-per layer (~50 us) and a compaction per exit event (~40 us); the fill's cost
-follows its FLOPs once it computes only what it owes.
+Where wall time outruns the FLOPs saving at batch 64 (zoo-l, CPU time, a loaded
+2-core machine, after float32 matmuls of 3+ rows moved to oneDNN, `Projection`):
+timed inside real decodes, a layer called on a subset of r rows costs about
+0.32 ms + 12 us x r (1 row 0.25 ms, 4 rows 0.30, 22 rows 0.48, 57 rows 0.82; all 64
+rows, which need no gather of their K/V, 0.87 ms), not 64ths of a full call. The fixed part, over a third of a full call, is reading the
+layer's 1.8 MB of weights from beyond the caches (a one-row layer takes ~0.11 ms with
+its weights hot, ~0.25 ms inside a decode), per-operation overhead and oneDNN's own
+fixed cost per matmul; FLOPs do not see it. oneDNN halved the per-row part (it was
+0.2 ms + 14 us x r with MKL) and left the fixed part, so every threshold that keeps
+rows running lost ratio with it. A threshold whose top layers still run on some
+rows (max_prob 0.999 and up: 10-50% FLOPs saved) pays every layer's fixed part: at
+0.99999 (per step 64, 64, 64, 46, 37, 34, 33, 28 rows in layers 1-8) those costs
+put its layers alone at ~9% of the time saved for 28% of the layer-rows.
+Beyond the layers: an exit head per layer read (~55 us at 64 rows; 9% of a step at
+0.99999 for 4% of its FLOPs), ~15 us of exit decision per layer, a compaction per
+exit event (~40 us), and the K/V fill, whose time follows its FLOPs (at 0.9 it is
+29% of early exit's step and 12% of the full model's FLOPs).
+Kept (side by side, steady decode, zoo-l batch 64, before oneDNN, load 4.4): the
+fill's matmuls through `Projection` (oneDNN from 3 rows; 384 x 192 at 36 rows 57 ->
+34 us), its row index from slices of one arange, the exit head's norm and the early
+exit layers' norm and rotary as one op each (the same bits): 0.99999 105.6 -> 99.4 ms
+CPU per 128 rows, 0.9999 88.5 -> 82.7, 0.999 74.3 -> 72.5, exits identical.
 Tried and measured, not kept (steady decode, CPU time, side by side with the kept
-code, zoo-l batch 64, load 2.5): every layer's K and V in one buffer so the fill
-writes its column in one index_copy_ (the writes alone went 161 -> 127 us for 60
-rows at 6 layers, but the step went 43.6 -> 45.0 ms per 64-row run at 0.9999:
+code, zoo-l batch 64): every layer's K and V in one buffer so the fill
+writes its column in one index_copy_ (load 2.5; the writes alone went 161 -> 127 us
+for 60 rows at 6 layers, but the step went 43.6 -> 45.0 ms per 64-row run at 0.9999:
 the in-place rotary and index building cost more); attending over the whole
 batch's cache where most rows run instead of gathering theirs (bit for bit the
 same, 202 -> 151 us per layer for 60 of 64 rows at 40 positions, but 45.9 -> 47.0
-ms at 0.9999 on this task's short contexts).
+ms at 0.9999 on this task's short contexts); oneDNN for one- and two-row layer
+calls too, so early exit never reads the plain weight copies (load 3.5: 0.99999
+94.0 -> 93.7 ms, 0.9999 80.1 -> 79.9, 0.9 48.4 -> 47.5: noise).
+Not tried, from the profile: keeping exited rows in the running set to skip
+compactions. A carried row costs the per-row part (12 us a layer, charged as a
+full layer's FLOPs) to save one ~40 us compaction, and never the per-call fixed
+part, which is what the deep thresholds pay; so it can only move the ratio toward
+the per-row share of a full call (~0.6), below the target.
 
     python benchmarks/early_exit.py                          # zoo, addition, n=100, batch 1 and 64
     python benchmarks/early_exit.py --quick                  # the must-show figures: zoo-l, batch 1 and 64,
-                                                             # n=128, 5 repeats (4-5 minutes loaded)
+                                                             # n=128, 5 repeats (~4 minutes loaded, under 8 quiet)
     python benchmarks/early_exit.py --models zoo-l --batch-sizes 1 --repeats 5
     python benchmarks/early_exit.py --criterion entropy --thresholds 0,0.05,0.2,0.5,1,2
 """
