@@ -38,7 +38,7 @@ Where wall time outruns the FLOPs saving at batch 64 (zoo-l, CPU time, a loaded
 timed inside real decodes, a layer called on a subset of r rows costs about
 0.32 ms + 12 us x r (1 row 0.25 ms, 4 rows 0.30, 22 rows 0.48, 57 rows 0.82; all 64
 rows, which need no gather of their K/V, 0.87 ms), not 64ths of a full call. The fixed part, over a third of a full call, is reading the
-layer's 1.8 MB of weights from beyond the caches (a one-row layer takes ~0.11 ms with
+layer's 1.8 MB of weights from beyond the caches (a one-row layer takes ~0.13 ms with
 its weights hot, ~0.25 ms inside a decode), per-operation overhead and oneDNN's own
 fixed cost per matmul; FLOPs do not see it. oneDNN halved the per-row part (it was
 0.2 ms + 14 us x r with MKL) and left the fixed part, so every threshold that keeps
