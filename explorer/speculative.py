@@ -689,6 +689,11 @@ def check_knobs(draft_len, temperature, max_new_tokens, adaptive) -> None:
                          "threshold strictly between 0 and 1")
 
 
+def hf_of(side):
+    """The model `as_decoder(side)` runs, without building its decoder."""
+    return side.hf if isinstance(side, Decoder) else getattr(side, "hf", side)
+
+
 def as_decoder(side) -> Decoder:
     if isinstance(side, Decoder):
         return side
@@ -712,7 +717,7 @@ def check_pair(target, draft) -> None:
         return  # model-free: it proposes the target's own token ids
     if isinstance(draft, ModelDraft):
         draft = draft.decoder
-    t_hf, d_hf = as_decoder(target).hf, as_decoder(draft).hf
+    t_hf, d_hf = hf_of(target), hf_of(draft)  # not as_decoder: that checks every weight for a change
     key = (d_hf, getattr(target, "tokenizer", None), getattr(draft, "tokenizer", None))
     if any(all(r() is x for r, x in zip(refs, key)) for refs in _CHECKED.get(t_hf, ())):
         return
@@ -1001,7 +1006,7 @@ def propose_row(drf: Decoder, x, valid, cap: int, eos: int, stats: SpecStats) ->
     """Up to `cap` greedy proposals for one row, as integers; `valid` None: every token of x is real."""
     out: list[int] = []
     for _ in range(cap):
-        d = int(drf.extend(x, valid, last_only=True)[0, -1].argmax())
+        d = int(drf.extend(x, valid, last_only=True).argmax())  # logits (1, 1, vocab): the token's index
         stats.draft_calls += 1
         stats.draft_positions += x.shape[1]
         out.append(d)
