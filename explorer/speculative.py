@@ -1101,14 +1101,15 @@ def measure_costs(target, draft, input_ids, *, draft_len: int, attention_mask=No
                   clock=time.perf_counter) -> Costs:
     """Leviathan's c, and what his model leaves out: a verification call costs more than one token.
 
-    Each call is timed where it runs: rounds as the loop runs them (the draft's `draft_len`
-    one-token calls in a row, then the target's verification call of draft_len + 1 tokens;
-    the second of two rounds is counted), then the target alone's one-token calls back to
-    back, as `decode_alone` runs them (the unit; the first after a round is not counted: it
-    reads weights the round's calls evicted, which a decode step never does). Timing a draft call between target calls
-    instead (each one cold) overstated c by 25-35% for zoo-xs and zoo-s drafting for zoo-l.
-    All on top of the same prompt in their caches, rounds and one-token calls in turn, so a
-    noisy neighbour slows every side alike; medians, after one warm-up round.
+    Each call is timed where it runs, in steady state: blocks of rounds as the loop runs
+    them (the draft's `draft_len` one-token calls in a row, then the target's verification
+    call of draft_len + 1 tokens), and blocks of the target alone's one-token calls back to
+    back, as `decode_alone` runs them (the unit); the second half of each block counts.
+    A call timed after the other kind is slow for several calls (zoo-l one token: 1.80 ms
+    right after a round, 1.39 ms five calls later, 1.34 ms in steady decoding, loaded
+    machine), so timing single calls in turn overstated the unit and understated c and v.
+    Blocks of both kinds alternate, so a noisy neighbour slows every side alike; medians.
+    `calls`: about how many calls of each kind are timed.
     `clock=time.process_time` counts CPU seconds only, for a machine shared with others.
     `draft=None` (a model-free draft): cost ratio 0, the verification's cost alone.
     """
@@ -1119,12 +1120,17 @@ def measure_costs(target, draft, input_ids, *, draft_len: int, attention_mask=No
     if drf is not None:
         drf.start(ids, mask)
     one, wide, d = [], [], []
-    for i in range(calls + 1):
-        for _ in range(2):  # two rounds: the second's verification reads what the first's left warm
+    size = 8  # calls per block; the first half of each settles
+    for _ in range(max(2, -(-calls // (size // 2)))):
+        for i in range(size):
             drafted = [step_seconds(drf, 1, clock) for _ in range(draft_len)] if drf is not None else []
             verified = step_seconds(tgt, draft_len + 1, clock)
-        d += drafted if i else []
-        wide.append(verified)
-        one.append([step_seconds(tgt, 1, clock) for _ in range(2)][-1])
-    t = statistics.median(one[1:])
-    return Costs(statistics.median(d) / t if d else 0.0, statistics.median(wide[1:]) / t)
+            if i >= size // 2:
+                d += drafted
+                wide.append(verified)
+        for i in range(size):
+            seconds = step_seconds(tgt, 1, clock)
+            if i >= size // 2:
+                one.append(seconds)
+    t = statistics.median(one)
+    return Costs(statistics.median(d) / t if d else 0.0, statistics.median(wide) / t)
