@@ -323,7 +323,7 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-sizes", nargs="*", type=int, default=[],
                     help="also run batched (e.g. 8 64): the technique's length plan against the target alone")
     ap.add_argument("--batch-n", type=int, default=128, help="prompts for the batched runs")
-    ap.add_argument("--batch-repeats", type=int, default=9,
+    ap.add_argument("--batch-repeats", type=int, default=11,
                     help="interleaved repeats of each batched comparison (three sides each: speculative, the "
                          "target alone, the target alone again)")
     ap.add_argument("--batched-only", action="store_true",

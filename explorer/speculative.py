@@ -538,9 +538,11 @@ class ModeTrial:
     The length plan's cost model prices one round; a whole call also pays what both modes pay
     alike (the prompt's call), rounds cut short by short answers, and the loop's per-round
     bookkeeping. At batch 8 on the zoo (zoo-l, addition) it promised 1.25x where the calls ran
-    at 1.0-1.08x. The trial times the calls themselves, and speculation runs only where every
-    pass was faster and the median pass clears `TRIAL_MARGIN`: a decision well outside the
-    trial's own noise, so it comes out the same in every process unless the gain sits on the edge.
+    at 1.0-1.08x. The trial times the calls themselves, and speculation runs only where the
+    median pass clears `TRIAL_MARGIN` and all but one in five passes were faster: a decision
+    outside the trial's own noise, so it comes out the same in every process unless the gain
+    sits on the margin. The margin also covers the trial's optimism: on a loaded machine its
+    gain ran 0-5% above the benchmark's interleaved figure for the same batches.
     """
 
     plain: tuple[float, ...]
@@ -556,13 +558,13 @@ class ModeTrial:
         return statistics.median(self.ratios)
 
     def pays(self, margin: float | None = None) -> bool:
-        r = self.ratios
-        return bool(r) and statistics.median(r) >= (TRIAL_MARGIN if margin is None else margin) and min(r) > 1.0
+        r = sorted(self.ratios)
+        return bool(r) and statistics.median(r) >= (TRIAL_MARGIN if margin is None else margin) and r[len(r) // 5] > 1.0
 
     def describe(self) -> str:
         r = self.ratios
         return (f"trial {self.gain:.2f}x over plain ({len(r)} passes {min(r):.2f}-{max(r):.2f}; "
-                f"speculates at >= {TRIAL_MARGIN:.2f}x with every pass > 1)")
+                f"speculates at >= {TRIAL_MARGIN:.2f}x with 4 in 5 passes > 1)")
 
 
 @dataclass(frozen=True)
@@ -635,7 +637,7 @@ def trial_modes(plain, speculative, *, passes: int | None = None, clock=time.thr
 PRIOR_ALPHA, PRIOR_WEIGHT = 0.7, 4
 PLAN_MARGIN = 1.1  # a length is chosen only if it promises at least 10% more tokens per unit of cost
 # A batch speculates only if its trial's median pass ran this much faster than plain decoding.
-TRIAL_MARGIN, TRIAL_PASSES = 1.05, 5
+TRIAL_MARGIN, TRIAL_PASSES = 1.07, 7
 TRIAL_PROMPTS = 64  # the most prompts a trial decodes per pass (whole batches of the plan's size)
 
 

@@ -8,6 +8,9 @@ call costs what a one-token call does; `verify_cost_ratio_measured` says how
 far that holds. At batch size 1 on a CPU it nearly does (about 1.2-1.4 on the
 zoo); at batch size 64 the target is compute-bound, verifying draft_len + 1
 tokens per row costs several one-token calls, and speculation slows decoding.
+So at batch size > 1 a greedy batch speculates only where its plan's costs, the
+draft's measured acceptance and a timed trial of both modes all say it pays, and
+decodes plainly (the target alone's own path) otherwise; the row says which ran.
 """
 from __future__ import annotations
 
