@@ -241,3 +241,24 @@ def test_a_plan_measures_its_trial_on_every_given_batch_of_its_size(target, monk
     assert not plan.speculates() and plan.trial.gain == 1.0
     spec = [technique.speculate(target, c, max_new_tokens=8, seed=0, plan=None).stats for c in batches[:2]]
     assert plan.alpha == S.SpecStats.total(spec).acceptance_rate
+
+
+def test_a_batched_round_verifies_through_the_fused_layers_projections(target, tiny_model, monkeypatch):
+    """Verifying batch x (g + 1) positions is the call whose cost decides whether speculating pays:
+    it must run the fused layers' projections (oneDNN's kernel from 3 rows up), as plain decoding does."""
+    from explorer import layerwise as L
+
+    rows_seen = []
+    call = L.Projection.__call__
+
+    def counted(self, x):
+        rows_seen.append(x.numel() // x.shape[-1])
+        return call(self, x)
+
+    monkeypatch.setattr(L.Projection, "__call__", counted)
+    prompts = [e.prompt for e in T.get("addition").examples(6, 2)]
+    enc = encode(target.tokenizer, prompts, 200)
+    spec = speculative_generate(target, tiny_model, enc, draft_len=3, temperature=0.0, max_new_tokens=8)
+    assert spec.decode_path == "fused"
+    assert 6 * 4 in rows_seen  # a round of 6 rows verifying 3 proposals and the token before them
+    assert 6 in rows_seen  # the draft's one-token calls, batched
