@@ -14,7 +14,9 @@ the mixed generative tasks:
 - acceptance rate alpha and tokens per target call of our loop;
 - cost ratio c: the draft's seconds per one-token call over the target's, and v: a
   verification call (draft_len + 1 tokens) over a one-token call, both measured on
-  the layers the loop runs (`explorer.speculative.FusedSide`);
+  the layers the loop runs (`explorer.speculative.FusedSide`), in steady state as the
+  loop and the target alone run them (`measure_costs`: blocks of rounds, blocks of
+  one-token calls; a call timed right after the other kind runs up to 35% slow);
 - measured speed-up: the target alone decoding one token per call through those same
   layers (`explorer.speculative.decode_alone`), over our loop: the unit c and v are
   measured in, so measured and predicted compare like with like. `speedup_vs_generate`
@@ -23,11 +25,10 @@ the mixed generative tasks:
   `speedup_predicted` is Leviathan et al.'s Theorem 3.8,
   (1 - alpha^(g+1)) / ((1 - alpha)(g c + 1)), which takes a verification call to cost
   one one-token call; `speedup_predicted_verify` puts the measured v in its place,
-  (1 - alpha^(g+1)) / ((1 - alpha)(g c + v)). On this CPU v is 1.2-1.4 at g = 3-5 (a
-  small matmul costs nearly in proportion to its rows once the per-call overhead is
-  gone), so Leviathan's v = 1 overstates every speed-up by (g c + v) / (g c + 1), a
-  cost of the hardware, not of the loop. Both are printed; the loop's own losses are
-  what separates the measured speed-up from `speedup_predicted_verify`;
+  (1 - alpha^(g+1)) / ((1 - alpha)(g c + v)). Leviathan's v = 1 overstates every
+  speed-up by (g c + v) / (g c + 1), a cost of the hardware, not of the loop (below).
+  Both are printed; the loop's own losses are what separates the measured speed-up
+  from `speedup_predicted_verify`;
 - `speedup_predicted_from_counts`: the same cost model fed with the tokens per target
   call and draft calls per target call this run made (truncated rounds included);
 - transformers' assisted generation at the same draft length (the draft's
@@ -35,12 +36,31 @@ the mixed generative tasks:
   stop off), its speed-up over the same target-alone baseline, and over
   transformers' own plain greedy generate (skipped with --no-peers and in --quick).
 
-Where a batch-1 round's time goes (zoo-xs drafting g = 3 for zoo-l on text, CPU time,
-per round of 2.9 ms, profiled by section on a loaded machine): the target's verification
-call 75%, the draft's calls 14%, rolling both caches back 1%, acceptance, statistics,
-log-probabilities and the loop's Python 7.5% (10% before one-row rounds ran on Python
-integers), the prompt's calls 3%. The verification call costs
-1.2-1.3 one-token calls (v), which is what Leviathan's v = 1 leaves out.
+Where batch-1 time goes (zoo-xs drafting g = 2 for zoo-l, the 10 text prompts, CPU time,
+2.2 ms per round, profiled by section, load ~3): the target's verification calls 73%,
+its calls in the last rounds (cut short by max_new_tokens) 3%, its first call (the
+prompt and the first proposals) 4%; the draft's one-token calls 10%, its two-token
+calls (after a fully accepted round it reads its last proposal and the target's token)
+2%, its prompt 0.6%; everything else (the loop's Python, both rollbacks, statistics,
+log-probabilities, per-prompt setup) 3.7%, down from 9% (rollback by an integer count,
+proposals and updates as Python integers, no mask tensor while nothing is padded, the
+log-probability summed once per row).
+
+Why 0.9 of Leviathan's prediction is out of reach here: it needs g c + v <= (g c + 1) r / 0.9,
+r the loop's own share (measured / speedup_predicted_verify), so even a lossless loop
+(r = 1) needs v <= 1.11 + 0.11 g c: 1.13 for zoo-xs (g c ~ 0.2), 1.14 for zoo-s (0.3),
+1.21 for zoo-m (0.9). The unit is MKL's one-row product (F.linear: `decode_alone` is the
+fastest one-token path); a verification of 3+ positions runs oneDNN's packed linear
+(`explorer.layerwise.Projection`), nearly flat in rows but with a fixed cost above MKL's
+one row; 2 positions stay on MKL, whose cost grows with every row (MKL's packed GEMM
+too: 576x192 at 1/2/3/4 rows 6.8/11.1/15.3/18.6 us). Zoo-l, whole calls back to back,
+CPU time, load ~1: MKL one row 997 us; 2 rows MKL 1309 (v 1.31); oneDNN 1/2/3/4/5 rows
+1305/1414/1486/1513/1532 us (v 1.49-1.54 at 3-5). Under load (~3) weights stream from a
+shared L3 and v falls to 1.0-1.25, so loaded runs come closer. One batch-1 run at load ~1
+(CPU clock, best length per draft): zoo-xs g=1 alpha 0.55 c 0.10 v 1.17, measured 1.33x,
+Leviathan 1.40x (0.95), verify-cost 1.21x (1.10); zoo-s g=3 alpha 0.58 c 0.18 v 1.48,
+0.96x / 1.38x (0.69) / 1.05x (0.91); zoo-m g=1 alpha 0.71 c 0.64 v 1.52, 0.80x / 1.04x
+(0.76) / 0.79x (1.01). The loop itself holds 0.9 of the verify-cost prediction there.
 
 Why the text workload for the batch-1 figures: Leviathan's expected tokens per round
 assume the text goes on; the tasks' answers end after 6-11 tokens, so most rounds are
