@@ -91,15 +91,15 @@ alone again; ratios are taken per repeat, medians printed with their min-max. Th
 last pair (`aa`) runs identical code, so its spread is the noise band: a plain-mode
 row's ratio is 1 within it (`within_noise_of_target_alone`).
 
-Measured (zoo-l, addition, 64 prompts, CPU clock, after the oneDNN projections; a machine
-at load 3-4, so only indicative): batch 8 speculates with zoo-s (1.09-1.17x, acceptance
-0.95) and zoo-m (1.09-1.10x, acceptance 1.00) and decodes plainly with zoo-xs (its trial
-0.98-1.08x: acceptance 0.85 and rounds cut short by 7-token answers); batch 64 decodes
-plainly with every draft (trials 0.88-1.04x; verifying 2 tokens per row costs 1.7 calls).
-Plain rows came out 0.98-1.01x, the target alone against itself 0.98-1.02x (medians; single
-repeats spread 0.84-1.16 at that load). The trial's verdict sat on its margin for zoo-s at
-batch 8 in one process of three (trial 1.065x against 1.07x), so on a loaded machine a
-rerun can pick plain there (then 1.00x); the others came out the same in all three.
+Measured (zoo-l, addition, 64 prompts, CPU clock, after the oneDNN projections, load 1.3,
+so indicative only): batch 8 speculates with zoo-s (1.09x, repeats 1.06-1.11; acceptance
+0.95) and decodes plainly with zoo-xs (trial 0.99-1.03x: acceptance 0.85, rounds cut short
+by 7-token answers); zoo-m (acceptance 1.00) sits on the trial's margin (trials 1.05-1.10x
+in four processes), so it speculates in some (1.09-1.10x measured then) and decodes plainly
+in others (1.00x). Batch 64 decodes plainly with every draft (trials 0.92-1.04x; verifying
+2 tokens per row costs 1.65 one-token calls). Plain rows came out 0.99-1.01x and the target
+alone against itself 0.99-1.02x (medians of 11; single repeats 0.89-1.09): the noise band.
+The other five (draft, batch) pairs took the same mode in three processes at load 1.2-1.9.
 """
 from __future__ import annotations
 
