@@ -1103,13 +1103,15 @@ def measure_costs(target, draft, input_ids, *, draft_len: int, attention_mask=No
                   clock=time.perf_counter) -> Costs:
     """Leviathan's c, and what his model leaves out: a verification call costs more than one token.
 
-    Each call is timed where it runs, in steady state: blocks of rounds as the loop runs
+    Each call is timed where it runs, in steady state: blocks of 16 rounds as the loop runs
     them (the draft's `draft_len` one-token calls in a row, then the target's verification
-    call of draft_len + 1 tokens), and blocks of the target alone's one-token calls back to
-    back, as `decode_alone` runs them (the unit); the second half of each block counts.
-    A call timed after the other kind is slow for several calls (zoo-l one token: 1.80 ms
-    right after a round, 1.39 ms five calls later, 1.34 ms in steady decoding, loaded
-    machine), so timing single calls in turn overstated the unit and understated c and v.
+    call of draft_len + 1 tokens), and blocks of 16 of the target alone's one-token calls
+    back to back, as `decode_alone` runs them (the unit); the second half of each block
+    counts. A call timed after the other kind is slow for several calls (zoo-l one token:
+    1.80 ms right after a round, 1.39 ms five calls later, 1.34 ms in steady decoding,
+    loaded machine; a verification of 3+ positions reads oneDNN's copy of the weights, a
+    one-token call MKL's), so timing single calls in turn overstated the unit and
+    understated c and v.
     Blocks of both kinds alternate, so a noisy neighbour slows every side alike; medians.
     `calls`: about how many calls of each kind are timed.
     `clock=time.process_time` counts CPU seconds only, for a machine shared with others.
@@ -1122,7 +1124,7 @@ def measure_costs(target, draft, input_ids, *, draft_len: int, attention_mask=No
     if drf is not None:
         drf.start(ids, mask)
     one, wide, d = [], [], []
-    size = 8  # calls per block; the first half of each settles
+    size = 16  # calls per block; the first half of each settles
     for _ in range(max(2, -(-calls // (size // 2)))):
         for i in range(size):
             drafted = [step_seconds(drf, 1, clock) for _ in range(draft_len)] if drf is not None else []
