@@ -55,12 +55,19 @@ fastest one-token path); a verification of 3+ positions runs oneDNN's packed lin
 one row; 2 positions stay on MKL, whose cost grows with every row (MKL's packed GEMM
 too: 576x192 at 1/2/3/4 rows 6.8/11.1/15.3/18.6 us). Zoo-l, whole calls back to back,
 CPU time, load ~1: MKL one row 997 us; 2 rows MKL 1309 (v 1.31); oneDNN 1/2/3/4/5 rows
-1305/1414/1486/1513/1532 us (v 1.49-1.54 at 3-5). Under load (~3) weights stream from a
-shared L3 and v falls to 1.0-1.25, so loaded runs come closer. One batch-1 run at load ~1
-(CPU clock, best length per draft): zoo-xs g=1 alpha 0.55 c 0.10 v 1.17, measured 1.33x,
-Leviathan 1.40x (0.95), verify-cost 1.21x (1.10); zoo-s g=3 alpha 0.58 c 0.18 v 1.48,
-0.96x / 1.38x (0.69) / 1.05x (0.91); zoo-m g=1 alpha 0.71 c 0.64 v 1.52, 0.80x / 1.04x
-(0.76) / 0.79x (1.01). The loop itself holds 0.9 of the verify-cost prediction there.
+1305/1414/1486/1513/1532 us (v 1.49-1.54 at 3-5). The benchmark's v at load ~3 is
+1.15-1.65 (it moves with load: weights stream from a shared L3). `--quick --clock cpu` at
+load ~3 (the whole --quick: 5.5 minutes), three runs, each draft at its best length (g, alpha, c, v: measured x, Leviathan
+x (ratio), verify-cost x (ratio)):
+  zoo-xs: g1 .55 .11 1.28: 1.09 / 1.40 (0.77) / 1.12 (0.97); g3 .52 .09 1.36: 1.26 / 1.52
+          (0.83) / 1.18 (1.06); g1 .55 .10 1.25: 1.10 / 1.40 (0.79) / 1.14 (0.96)
+  zoo-s:  g1 .53 .23 1.34: 0.96 / 1.24 (0.77) / 0.97 (0.98); g3 .58 .14 1.15: 1.24 / 1.51
+          (0.82) / 1.36 (0.91); g3 .58 .20 1.65: 0.94 / 1.34 (0.70) / 0.95 (0.99)
+  zoo-m:  g3 .65 .47 1.62: 0.80 / 0.96 (0.83) / 0.77 (1.05); g2 .63 .51 1.45: 0.91 / 1.00
+          (0.91) / 0.82 (1.11); g3 .65 .45 1.42: 0.80 / 0.99 (0.81) / 0.84 (0.95)
+The loop holds 0.9 of the verify-cost prediction in every run (0.91-1.11); Leviathan's
+ratio is 0.70-0.91, the (g c + 1) / (g c + v) that v > 1 costs. Zoo-m drafting for zoo-l
+does not pay at batch 1 (c ~0.5: predicted ~1.0, measured 0.8-0.9).
 
 Why the text workload for the batch-1 figures: Leviathan's expected tokens per round
 assume the text goes on; the tasks' answers end after 6-11 tokens, so most rounds are
