@@ -57,8 +57,8 @@ too: 576x192 at 1/2/3/4 rows 6.8/11.1/15.3/18.6 us). Zoo-l, whole calls back to 
 CPU time, load ~1: MKL one row 997 us; 2 rows MKL 1309 (v 1.31); oneDNN 1/2/3/4/5 rows
 1305/1414/1486/1513/1532 us (v 1.49-1.54 at 3-5). The benchmark's v at load ~3 is
 1.15-1.65 (it moves with load: weights stream from a shared L3). `--quick --clock cpu` at
-load ~3 (the whole --quick: 5.5 minutes), three runs, each draft at its best length (g, alpha, c, v: measured x, Leviathan
-x (ratio), verify-cost x (ratio)):
+load ~3 (the whole --quick: 5.5 minutes), three runs, each draft at its best length
+(g, alpha, c, v: measured x, Leviathan x (ratio), verify-cost x (ratio)):
   zoo-xs: g1 .55 .11 1.28: 1.09 / 1.40 (0.77) / 1.12 (0.97); g3 .52 .09 1.36: 1.26 / 1.52
           (0.83) / 1.18 (1.06); g1 .55 .10 1.25: 1.10 / 1.40 (0.79) / 1.14 (0.96)
   zoo-s:  g1 .53 .23 1.34: 0.96 / 1.24 (0.77) / 0.97 (0.98); g3 .58 .14 1.15: 1.24 / 1.51
