@@ -58,6 +58,12 @@ Projection. With that limit raised, side by side (CPU time, 1 thread, same token
     python benchmarks/peers.py --quick         # 32 tokens, 2 repeats
     python benchmarks/peers.py --threads 1 --batch-sizes 1
     python benchmarks/peers.py --threads 1 --clock cpu   # on a loaded machine
+
+On a loaded machine keep to one thread: llama.cpp's OpenMP threads wait for each other at every
+operation, so a thread descheduled by other work stalls the rest. At load 4 on 2 CPUs its 16-row
+prompt took 11.1 s at 2 threads against 3.2 s at 1, and the default 2-thread run (whose batch-1
+part gave llama.cpp Q4_1 create_completion 7.55, explorer int4 fused 9.29 ms/token: 1.23x) had
+not finished batch 16 after 25 minutes.
 """
 from __future__ import annotations
 
