@@ -261,14 +261,8 @@ class ExitingModel:
         self.hf, self.rule, self.eos = hf, rule, eos_token_id
         self.config = hf.config
         self.layers = list(hf.model.layers)
-        if hf not in _FILLS:
-            _FILLS[hf] = kv_fill(hf)
-        self.kv = _FILLS[hf]
-        if hf not in _FAST:
-            _FAST[hf] = fast_layers(hf)
-            for layer in _FAST[hf] or ():
-                layer.native = True  # one-op RMSNorm, rotary by roll: the same bits in fewer operations
-        self.fast = _FAST[hf]  # None: transformers' own layers
+        self.kv = per_weights(_FILLS, hf, kv_fill)
+        self.fast = per_weights(_FAST, hf, native_fast_layers)  # None: transformers' own layers
         self.stats = ExitStats(layer_rows=[0] * depth, fill_rows=[0] * depth)
 
     @torch.inference_mode()
@@ -634,7 +628,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return weight * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
-# Fused decode layers per model, built once (None: the model needs transformers' own layers).
+# Early exit's fused layers per model (`per_weights`; None: the model needs transformers' own layers).
 _FAST: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -737,7 +731,8 @@ FUSED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 # Fused Q/K/V and gate/up weights are copies (the model's own stay as they are): worth it where per-operation
 # overhead dominates, on small models, and not the memory on large ones, where the matmuls dominate.
 FUSE_MAX_PARAMS = 50_000_000
-# Per model: (what its parameters were when built, its fused layers). Weak keys: a model dropped is forgotten.
+# Per model (`per_weights`): (what its parameters were when built, its fused layers). Weak keys: a model
+# dropped is forgotten.
 _FUSED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -755,16 +750,34 @@ def fused_decoder(hf) -> FusedDecoder | None:
         check_supported(hf)
     except ValueError:
         return None
-    params = list(hf.model.layers.parameters())
-    state = tuple((id(p), p._version) for p in params)
-    built = _FUSED.get(hf)
-    if built is None or built[0] != state:
-        small = sum(p.numel() for p in params) <= FUSE_MAX_PARAMS
+    def build(hf):
+        small = sum(p.numel() for p in hf.model.layers.parameters()) <= FUSE_MAX_PARAMS
         layers = (fast_layers(hf) if small else None) or fast_layers(hf, modules=True)
         for layer in layers or ():
             layer.sdpa = layer.native = True
-        built = _FUSED[hf] = (state, layers)
-    return None if built[1] is None else FusedDecoder(hf, built[1])
+        return layers
+
+    layers = per_weights(_FUSED, hf, build)
+    return None if layers is None else FusedDecoder(hf, layers)
+
+
+def per_weights(cache: "weakref.WeakKeyDictionary", hf, build):
+    """`build(hf)`, kept in `cache` per model and built again when one of its layers' parameters is
+    replaced or changed in place (pruning, a quantizer writing into the weights): what is built
+    holds copies of the weights (fused, reordered for oneDNN) that would otherwise go stale."""
+    state = tuple((id(p), p._version) for p in hf.model.layers.parameters())
+    built = cache.get(hf)
+    if built is None or built[0] != state:
+        built = cache[hf] = (state, build(hf))
+    return built[1]
+
+
+def native_fast_layers(hf) -> list[FastLayer] | None:
+    """`fast_layers` with the one-op RMSNorm and the rotary by roll: the same bits in fewer operations."""
+    layers = fast_layers(hf)
+    for layer in layers or ():
+        layer.native = True
+    return layers
 
 
 def agree(logits, top, streak) -> tuple[torch.Tensor, torch.Tensor]:
@@ -773,7 +786,7 @@ def agree(logits, top, streak) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.where(now == top, streak + 1, 0), now
 
 
-# Folded K/V weights per model, built once: the technique wraps the model anew for every batch.
+# Folded K/V weights per model (`per_weights`): the technique wraps the model anew for every batch.
 _FILLS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 

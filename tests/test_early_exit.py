@@ -385,3 +385,21 @@ def test_the_fused_layers_handle_grouped_query_attention_and_padding():
     assert torch.allclose(out[True][1], out[False][1], atol=1e-5)
     assert out[True][2] == out[False][2]
     assert len({e for row in out[True][2] for e in row}) == 3  # exits at every layer: fill and gathers ran
+
+
+def test_early_exit_follows_a_weight_changed_in_place(zoo_models):
+    """Early exit keeps fused and oneDNN-reordered copies of the weights per model: a weight written in
+    place (as pruning does) must reach them, or the run would decode the old model."""
+    import copy
+
+    model = copy.deepcopy(zoo_models["zoo-m"])
+    ps, never = prompts(), ex.EarlyExit("max_prob", 1.0)
+    decode(model, never, ps)  # builds and keeps the copies
+    with torch.no_grad():
+        for layer in model.hf.model.layers:
+            layer.mlp.down_proj.weight.mul_(0.5)
+            layer.self_attn.k_proj.weight.mul_(0.5)
+    full = generate(model.hf, model.tokenizer, ps, max_new_tokens=12, path="transformers")
+    ours = decode(model, never, ps)
+    assert ours.tokens == full.tokens
+    assert ours.logprobs == pytest.approx(full.logprobs, abs=1e-4)
