@@ -477,7 +477,8 @@ class Projection:
     product. So one row (a decode step at batch 1) takes F.linear and `ONEDNN_MIN_ROWS` or
     more (a verification call, a batch) take oneDNN: at 64 rows 66 / 113 / 61 us against
     138 / 246 / 122. Both accumulate in float32; they differ by rounding only (tests pin it).
-    The reordered weight is a copy, made where fused weights are (small models only).
+    The reordered weight is a copy: made for the fused layers of small models (FUSE_MAX_PARAMS) and
+    for early exit's K/V fill (`KVFill`, a sixth of a layer's weights).
     """
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None):

@@ -375,11 +375,8 @@ class ModelDraft(Draft):
     def update(self, proposals, n, nxt) -> None:
         g, live = proposals.shape[1], n.shape[0]
         one = torch.ones(live, 1, dtype=torch.bool)
-        if g and live == 1:  # one row: the same, with an integer count
-            k = int(n[0])
-            self.decoder.keep(torch.arange(g - 1)[None] < k)
-            self.pending = torch.cat([proposals[:, -1:], nxt[:, None]], 1) if k == g else nxt[:, None]
-            self.valid = torch.ones(1, 2 if k == g else 1, dtype=torch.bool)
+        if g and live == 1:  # one row: the one-row loop's update, with integers
+            self.update_row(proposals[0].tolist(), int(n[0]), int(nxt[0]))
         elif g:
             self.decoder.keep(torch.arange(g - 1)[None] < n[:, None])  # the last proposal was never fed
             full = n == g
